@@ -1,0 +1,151 @@
+"""The input pipeline: each stage eagerly and in tf.data, caching, shuffling, seeds."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import write_image
+from tfpipe import bench
+from tfpipe.data import pipeline
+from tfpipe.errors import TfpipeError
+
+SPLIT = "train[:80%]"  # 32 images of the tiny config
+
+
+def _config(**overrides):
+    return pipeline.PipelineConfig(**{"image_size": 32, "batch_size": 8, "seed": 3, **overrides})
+
+
+def _jpeg(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    # Smooth content, so decoding at a reduced scale is a fair comparison.
+    base = rng.integers(0, 255, (height // 16 + 1, width // 16 + 1, 3)).astype(np.uint8)
+    image = tf.image.resize(base, (height, width), method="bilinear")
+    return tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=95)
+
+
+@pytest.mark.parametrize("shape", [(300, 400), (90, 50), (1400, 700)])
+def test_decode_and_resize_eagerly_and_in_tf_data_agree(shape):
+    encoded = _jpeg(*shape)
+    eager = pipeline.decode_and_resize(encoded, 64)
+    in_graph = next(iter(tf.data.Dataset.from_tensors(encoded).map(lambda e: pipeline.decode_and_resize(e, 64))))
+    assert eager.dtype == tf.uint8 and eager.shape == (64, 64, 3)
+    np.testing.assert_array_equal(eager.numpy(), in_graph.numpy())
+
+
+def test_dct_scaled_decoding_is_close_to_full_decoding():
+    encoded = _jpeg(520, 660)  # shorter side >= 2 x 160: decoded at half scale
+    scaled = pipeline.decode_and_resize(encoded, 160, jpeg_dct_scaling=True).numpy().astype(float)
+    full = pipeline.decode_and_resize(encoded, 160, jpeg_dct_scaling=False).numpy().astype(float)
+    assert np.abs(scaled - full).mean() < 3.0
+
+
+def test_png_gif_and_bmp_decode_through_the_same_stage(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    for fmt in ("png", "gif", "bmp"):
+        path = str(tmp_path / f"image.{fmt}")
+        write_image(path, pixels, fmt)
+        image = pipeline.decode_and_resize(tf.io.read_file(path), 16)
+        assert image.shape == (16, 16, 3) and image.dtype == tf.uint8
+
+
+def test_training_batches_are_uint8_static_and_drop_the_remainder(tiny_source):
+    dataset = pipeline.build(tiny_source, "train[:30]", _config(), training=True)
+    assert dataset.element_spec[0] == tf.TensorSpec((8, 32, 32, 3), tf.uint8)
+    assert dataset.element_spec[1] == tf.TensorSpec((8,), tf.int64)
+    assert sum(int(labels.shape[0]) for _, labels in dataset) == 24
+
+
+def test_evaluation_batches_keep_every_example_in_order(tiny_source):
+    dataset = pipeline.build(tiny_source, "train[:30]", _config(), training=False)
+    sizes = [int(labels.shape[0]) for _, labels in dataset]
+    assert sizes == [8, 8, 8, 6]
+    assert bench.batch_fingerprints(dataset, 4) == bench.batch_fingerprints(dataset, 4)
+
+
+def _all_fingerprints(dataset):
+    return [value for batch in bench.batch_fingerprints(dataset, 100) for value in batch]
+
+
+@pytest.mark.parametrize("cache", ["memory", "file", "none"])
+def test_cached_contents_are_stable_while_the_order_changes(tiny_source, tmp_path, cache):
+    config = _config(cache=str(tmp_path / "cache") if cache == "file" else cache)
+    dataset = pipeline.build(tiny_source, SPLIT, config, training=True)
+    first, second = _all_fingerprints(dataset), _all_fingerprints(dataset)
+    assert sorted(first) == sorted(second)  # the same 32 images each epoch
+    assert first != second  # in a new order
+    if cache == "file":
+        assert any(name.endswith(".index") for name in os.listdir(tmp_path / "cache"))
+
+
+def test_whole_split_shuffle_buffer(tiny_source):
+    dataset = pipeline.build(tiny_source, SPLIT, _config(shuffle_buffer=0), training=True)
+    assert sorted(_all_fingerprints(dataset)) == sorted(_all_fingerprints(dataset))
+
+
+def test_the_same_seed_gives_the_same_order(tiny_source):
+    orders = []
+    for _ in range(2):
+        dataset = pipeline.build(tiny_source, SPLIT, _config(seed=11), training=True)
+        orders.append((_all_fingerprints(dataset), _all_fingerprints(dataset)))
+    assert orders[0] == orders[1]
+    other = pipeline.build(tiny_source, SPLIT, _config(seed=12), training=True)
+    assert _all_fingerprints(other) != orders[0][0]
+
+
+def test_a_resumed_run_does_not_replay_the_first_epochs_order(tiny_source):
+    fresh = pipeline.build(tiny_source, SPLIT, _config(seed=11), training=True)
+    resumed = pipeline.build(tiny_source, SPLIT, _config(seed=11), training=True, epoch_offset=4)
+    assert _all_fingerprints(fresh) != _all_fingerprints(resumed)
+
+
+def test_caching_after_batch_freezes_batches_and_the_check_sees_it(tiny_source):
+    frozen = pipeline.build(tiny_source, SPLIT, _config(cache="none"), training=True).cache()
+    assert not bench.epochs_reshuffled(frozen)
+    assert bench.epochs_reshuffled(pipeline.build(tiny_source, SPLIT, _config(), training=True))
+
+
+def test_stale_file_cache_lock_from_a_killed_run_is_removed(tiny_source, tmp_path):
+    config = _config(cache=str(tmp_path))
+    prefix = pipeline.cache_file_prefix(config, tiny_source.name, SPLIT)
+    with open(f"{prefix}_0.lockfile", "w") as lock:
+        lock.write("left by a killed run")
+    dataset = pipeline.build(tiny_source, SPLIT, config, training=True)
+    assert len(_all_fingerprints(dataset)) == 32
+
+
+def test_max_examples_bounds_the_split(tiny_source):
+    dataset = pipeline.build(tiny_source, SPLIT, _config(), training=False, max_examples=10)
+    assert sum(int(labels.shape[0]) for _, labels in dataset) == 10
+
+
+def test_sharded_pipelines_split_the_examples(tiny_source):
+    parts = [
+        _all_fingerprints(pipeline.build(tiny_source, SPLIT, _config(), training=False, shard=(2, i)))
+        for i in range(2)
+    ]
+    assert len(parts[0]) == len(parts[1]) == 16
+    assert not set(parts[0]) & set(parts[1])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"image_size": 0}, "--image_size=0 must be a positive"),
+        ({"image_size": -5}, "--image_size=-5"),
+        ({"batch_size": 0}, "--batch_size=0 must be a positive"),
+        ({"shuffle_buffer": -1}, "--shuffle_buffer=-1"),
+    ],
+)
+def test_bad_sizes_are_clear_errors(overrides, message):
+    with pytest.raises(TfpipeError, match=message):
+        _config(**overrides)
+
+
+def test_unwritable_cache_path(tiny_source, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TfpipeError, match="--cache=.* is not a writable folder"):
+        pipeline.build(tiny_source, SPLIT, _config(cache=str(blocker / "cache")), training=True)

@@ -1,0 +1,116 @@
+"""Pretrained bases: name -> Keras application, its input scaling, its weights.
+
+Each backbone expects pixels scaled its own way; tfpipe feeds the model uint8
+images and applies that scaling inside the model, so the pipeline and the
+exported model never need to know which backbone is in use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import keras
+from keras import ops
+
+from tfpipe.errors import TfpipeError
+
+WEIGHT_CHOICES = "auto, imagenet, none or a path to a Keras no-top .h5 file"
+# Keras applications with include_top=False accept inputs from 32 px up.
+MIN_IMAGE_SIZE = 32
+_MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+
+@keras.saving.register_keras_serializable(package="tfpipe")
+class CaffeScaling(keras.layers.Layer):
+    """VGG16 and ResNet50's input convention: BGR, ImageNet mean subtracted, no scaling."""
+
+    _BGR_MEAN = (103.939, 116.779, 123.68)
+
+    def call(self, images):
+        bgr = ops.flip(images, axis=-1)
+        return bgr - ops.convert_to_tensor(self._BGR_MEAN, dtype=bgr.dtype)
+
+
+def _symmetric_scaling():
+    # MobileNetV2: [0, 255] -> [-1, 1], as keras.applications.mobilenet_v2.preprocess_input.
+    return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_symmetric")
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    name: str
+    application: Callable[..., keras.Model]
+    scaling: Callable[[], keras.layers.Layer] | None  # None: the base scales its own input
+    takes_alpha: bool = False
+
+    def check(self, image_size: int, alpha: float) -> None:
+        if image_size < MIN_IMAGE_SIZE:
+            raise TfpipeError(
+                f"--image_size={image_size} is too small for {self.name}: it needs at least {MIN_IMAGE_SIZE} px"
+            )
+        if self.takes_alpha and alpha not in _MOBILENET_V2_ALPHAS:
+            raise TfpipeError(f"--alpha={alpha} is not a MobileNetV2 width; use one of {_MOBILENET_V2_ALPHAS}")
+        if not self.takes_alpha and alpha != 1.0:
+            raise TfpipeError(f"--alpha applies to mobilenet_v2 only; leave it at 1.0 for {self.name}")
+
+    def build_base(self, image_size: int, weights: str | None, alpha: float = 1.0) -> keras.Model:
+        """The application with include_top=False; weights: 'imagenet', None or a file path."""
+        self.check(image_size, alpha)
+        kwargs = {"alpha": alpha} if self.takes_alpha else {}
+        try:
+            return self.application(
+                input_shape=(image_size, image_size, 3), include_top=False, weights=weights, **kwargs
+            )
+        except Exception as error:  # Keras raises several types; all mean the same to the user
+            raise TfpipeError(self._weights_failure(weights, alpha, error)) from None
+
+    def _weights_failure(self, weights, alpha, error):
+        reason = " ".join(str(error).split())[:300]
+        what = f"{self.name}" + (f" with alpha={alpha}" if self.takes_alpha else "")
+        if weights == "imagenet":
+            return (
+                f"could not get the ImageNet weights of {what} ({reason}); offline, put the no-top .h5 file in "
+                "~/.keras/models/ or pass --weights=PATH, or --weights=none to train from scratch"
+            )
+        return (
+            f"--weights={weights} does not fit {what} (include_top=False): {reason}; give the no-top weights "
+            f"file of this backbone and alpha, or {WEIGHT_CHOICES}"
+        )
+
+
+BACKBONES = {
+    "mobilenet_v2": Backbone("mobilenet_v2", keras.applications.MobileNetV2, _symmetric_scaling, takes_alpha=True),
+    # EfficientNet rescales and normalizes its [0, 255] input inside the base.
+    "efficientnet_b0": Backbone("efficientnet_b0", keras.applications.EfficientNetB0, None),
+    "vgg16": Backbone("vgg16", keras.applications.VGG16, CaffeScaling),
+    "resnet50": Backbone("resnet50", keras.applications.ResNet50, CaffeScaling),
+}
+
+
+def get(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise TfpipeError(f"--backbone={name!r} is not known; use one of {', '.join(BACKBONES)}") from None
+
+
+def resolve_weights(weights: str, embedded_dataset: bool) -> str | None:
+    """--weights -> what Keras takes: 'imagenet', None or a path.
+
+    'auto' is ImageNet, except on the embedded dataset, which must run offline.
+    """
+    choice = (weights or "").strip()
+    if choice == "auto":
+        return None if embedded_dataset else "imagenet"
+    if choice == "imagenet":
+        return "imagenet"
+    if choice.lower() == "none":
+        return None
+    if not choice:
+        raise TfpipeError(f"--weights is empty; use {WEIGHT_CHOICES}")
+    path = os.path.abspath(os.path.expanduser(choice))
+    if not os.path.isfile(path):
+        raise TfpipeError(f"--weights={choice}: no such file; give a Keras no-top .h5 file, or {WEIGHT_CHOICES}")
+    return path

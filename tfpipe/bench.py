@@ -1,0 +1,135 @@
+"""Throughput and memory of input pipelines, measured the same way for each.
+
+The consumer pulls batches inside a tf.function, a chunk at a time, so Python
+overhead per batch does not cap the rate being measured; only the pipeline does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import resource
+import statistics
+import time
+from typing import Callable
+
+import tensorflow as tf
+
+from tfpipe.data import folder
+
+CLASSIC_SHUFFLE_BUFFER = 1000  # the tutorial's SHUFFLE_BUFFER_SIZE
+_BATCHES_PER_PULL = 16
+
+
+def classic_pipeline(source, split: str, image_size: int, batch_size: int, max_examples: int | None = None):
+    """The transfer-learning tutorial's pipeline, as it wrote it.
+
+    tfds decodes the images one at a time (the tutorial's cats_vs_dogs is too big
+    for tfds' auto-cache), then map(format_example) makes float32 in [-1, 1] at
+    the target size, then shuffle(1000) and batch(32). No num_parallel_calls,
+    cache or prefetch: tf.data's default optimizations are left as they are.
+    """
+
+    def format_example(image, label):
+        image = tf.cast(image, tf.float32)
+        image = (image / 127.5) - 1
+        image = tf.image.resize(image, (image_size, image_size))
+        return image, label
+
+    raw = source.encoded(split, parallel=False)
+    if max_examples is not None:
+        raw = raw.take(max_examples)
+    # num_parallel_calls=1 is how tfds decodes when told not to parallelize.
+    raw = raw.map(lambda encoded, label: (folder.decode_image(encoded), label), num_parallel_calls=1)
+    return raw.map(format_example).shuffle(CLASSIC_SHUFFLE_BUFFER).batch(batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Epoch:
+    images: int
+    seconds: float
+
+    @property
+    def images_per_sec(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("inf")
+
+
+def run_epoch(dataset: tf.data.Dataset, on_progress: Callable[[int, int], None] | None = None) -> Epoch:
+    """Iterates `dataset` once; returns images seen and wall time (tracing excluded)."""
+    iterator = iter(dataset)
+    _pull.get_concrete_function(iterator)  # trace before the clock starts
+    images = batches = 0
+    collecting = gc.isenabled()
+    gc.disable()  # as timeit does: Python's collector is not part of any pipeline
+    try:
+        start = time.perf_counter()
+        while True:
+            count, got = (int(v) for v in _pull(iterator))
+            images += count
+            batches += got
+            if on_progress is not None:
+                on_progress(batches, images)
+            if got < _BATCHES_PER_PULL:
+                break
+        seconds = time.perf_counter() - start
+    finally:
+        if collecting:
+            gc.enable()
+    return Epoch(images, seconds)
+
+
+@tf.function
+def _pull(iterator):
+    """Takes up to _BATCHES_PER_PULL batches; returns (images, batches) taken."""
+    images = tf.constant(0, tf.int64)
+    batches = tf.constant(0, tf.int64)
+    for _ in tf.range(_BATCHES_PER_PULL):
+        element = iterator.get_next_as_optional()
+        if not element.has_value():
+            break
+        images += tf.shape(element.get_value()[0], out_type=tf.int64)[0]
+        batches += 1
+    return images, batches
+
+
+def warm_rate(epochs: list[Epoch]) -> float:
+    """Images/s of the epochs after the first: their median, robust to one slow epoch."""
+    later = epochs[1:] or epochs
+    return statistics.median(e.images_per_sec for e in later)
+
+
+def batch_fingerprints(dataset: tf.data.Dataset, batches: int) -> list[tuple[int, ...]]:
+    """A checksum per image of the first `batches` batches of one full epoch.
+
+    The epoch is read to its end: a cache fills only on a complete pass, and a
+    cache after batch() is exactly the trap this must see.
+    """
+    prints = []
+    for images, _ in dataset:
+        if len(prints) < batches:
+            sums = tf.reduce_sum(tf.cast(images, tf.int64) * _position_weights(images), axis=[1, 2, 3])
+            prints.append(tuple(int(v) for v in sums.numpy()))
+    return prints
+
+
+def _position_weights(images):
+    # Weighting by position makes two different images with equal pixel sums unlikely to collide.
+    shape = tf.shape(images)[1:]
+    return tf.reshape(tf.range(1, tf.reduce_prod(shape) + 1, dtype=tf.int64) % 251 + 1, shape)
+
+
+def epochs_reshuffled(dataset: tf.data.Dataset, batches: int = 3) -> bool:
+    """Whether two epochs of `dataset` start with different batches."""
+    return batch_fingerprints(dataset, batches) != batch_fingerprints(dataset, batches)
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

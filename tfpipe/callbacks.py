@@ -1,0 +1,96 @@
+"""Keras callbacks that make a run resumable and keep its best model."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import numpy as np
+
+from tfpipe.run_state import RunDirectory
+
+BEST_MODEL = "best.keras"
+
+
+def learning_rate_of(optimizer) -> float:
+    return float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+
+
+class PhaseClock:
+    """Wall seconds per phase, carried over from the runs this one resumes."""
+
+    def __init__(self, carried: dict):
+        self.seconds = dict(carried)
+        self._phase = None
+        self._started = None
+
+    def start(self, phase: str) -> None:
+        self._phase, self._started = phase, time.monotonic()
+
+    def stop(self) -> None:
+        if self._phase is not None:
+            self.seconds[self._phase] = self.snapshot()[self._phase]
+            self._phase = None
+
+    def snapshot(self) -> dict:
+        seconds = dict(self.seconds)
+        if self._phase is not None:
+            seconds[self._phase] = seconds.get(self._phase, 0.0) + time.monotonic() - self._started
+        return seconds
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """After each epoch: the history record, best.keras when val_loss improved,
+    and the weights and optimizer state a resumed run starts from.
+
+    `classifier` is the full model, also when the model being fit is only its head.
+    """
+
+    def __init__(self, run_dir: RunDirectory, classifier, phase: str, clock: PhaseClock):
+        super().__init__()
+        self.run_dir = run_dir
+        self.classifier = classifier
+        self.phase = phase
+        self.clock = clock
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        loss = logs.get("loss")
+        if loss is None or not math.isfinite(loss):
+            return  # a diverged epoch is not a state to resume from
+        record = {
+            "epoch": epoch + 1,
+            "phase": self.phase,
+            "loss": float(loss),
+            "accuracy": _float_or_none(logs.get("accuracy")),
+            "val_loss": _float_or_none(logs.get("val_loss")),
+            "val_accuracy": _float_or_none(logs.get("val_accuracy")),
+            "learning_rate": learning_rate_of(self.model.optimizer),
+        }
+        state = self.run_dir.state
+        if record["val_loss"] is not None and (state.best_val_loss is None or record["val_loss"] < state.best_val_loss):
+            self.classifier.save(self.run_dir.file(BEST_MODEL))
+        self.run_dir.save_epoch(record, self.classifier, self.model.optimizer, self.phase, self.clock.snapshot())
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite."""
+
+    def __init__(self):
+        super().__init__()
+        self.stopped_at_epoch = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.stopped_at_epoch = self._epoch + 1
+            self.model.stop_training = True
+
+
+def _float_or_none(value):
+    return None if value is None else float(value)

@@ -1,0 +1,1 @@
+"""Command-line tools: the only place that defines and reads absl flags."""

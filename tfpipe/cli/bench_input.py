@@ -1,0 +1,160 @@
+"""bench_input: images/s of the classic tutorial pipeline and of tfpipe's, on the same data.
+
+    bench_input --dataset=tfpipe_shapes/large --epochs=3 --json=bench.json
+
+For each pipeline: the first (cold) epoch and the median of later (warm) epochs.
+tfpipe runs first so that its peak memory is not the classic's; both read the
+same files, which a first pass has put in the OS page cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import flags
+
+from tfpipe import augment, bench, paths
+from tfpipe.cli import data_flags, errors
+from tfpipe.data import pipeline, sources
+from tfpipe.errors import TfpipeError
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_integer("epochs", 3, "Epochs per pipeline: one cold, the rest warm (at least 2).")
+flags.DEFINE_integer("max_batches", None, "Use only the first max_batches x batch_size images of the split.")
+flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+flags.DEFINE_boolean("classic", True, "Also measure the classic tutorial pipeline.")
+
+
+def main(argv):
+    del argv
+    with errors.reported():
+        results = run()
+    print(format_table(results))
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as out:
+            json.dump(results, out, indent=2)
+        print(f"Wrote {FLAGS.json}")
+
+
+def run() -> dict:
+    if FLAGS.epochs < 2:
+        raise TfpipeError(f"--epochs={FLAGS.epochs}: need at least 2, one cold and one warm")
+    if FLAGS.max_batches is not None and FLAGS.max_batches <= 0:
+        raise TfpipeError(f"--max_batches={FLAGS.max_batches} must be positive")
+    config = data_flags.pipeline_config()
+    steps = data_flags.augment_steps()
+    augmentation = (
+        augment.build(steps, seed=FLAGS.seed) if augment.check_placement(FLAGS.augment_on) == "pipeline" else None
+    )
+    if config.cache not in (pipeline.CACHE_MEMORY, pipeline.CACHE_NONE):
+        paths.ensure_writable_dir(config.cache, flag="cache")
+    source = sources.open_source(FLAGS.dataset, FLAGS.data_dir)
+    metadata = sources.describe(source, train=FLAGS.train_split)
+    num_images = metadata.num_examples["train"]
+    if FLAGS.max_batches is not None:
+        num_images = min(num_images, FLAGS.max_batches * config.batch_size)
+    if num_images < config.batch_size:
+        raise TfpipeError(
+            f"{FLAGS.train_split} gives {num_images} images, fewer than one batch of --batch_size={config.batch_size}"
+        )
+    max_examples = num_images if FLAGS.max_batches is not None else None
+
+    print(f"Dataset {source.name}, split {FLAGS.train_split}: {num_images} images; {_cores()} cores", flush=True)
+    # Read every file once so neither pipeline pays for the disk and the other not.
+    bench.run_epoch(source.encoded(FLAGS.train_split).take(num_images).batch(256))
+    idle_rss = bench.current_rss_mb()
+
+    tfpipe_ds = pipeline.build(
+        source, FLAGS.train_split, config, training=True, augmentation=augmentation, max_examples=max_examples
+    )
+    tfpipe_epochs = _measure("tfpipe", tfpipe_ds, FLAGS.epochs, num_images, config.batch_size)
+    tfpipe_peak = bench.peak_rss_mb()
+    reshuffled = bench.epochs_reshuffled(tfpipe_ds)
+    results = {
+        "tfpipe": _rates(tfpipe_epochs),
+        "num_images": num_images,
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
+        "cores": _cores(),
+        "dataset": source.name,
+        "split": FLAGS.train_split,
+        "cache": config.cache,
+        "epochs": FLAGS.epochs,
+        "jpeg_dct_scaling": config.jpeg_dct_scaling,
+        "augment_in_pipeline": augmentation is not None,
+        "epochs_reshuffled": reshuffled,
+        "peak_rss_mb": round(tfpipe_peak, 1),
+        "idle_rss_mb": round(idle_rss, 1),
+        "cached_images_mb": round(num_images * config.image_size**2 * 3 / 2**20, 1),
+    }
+    results["rss_over_idle_per_cached_mb"] = round((tfpipe_peak - idle_rss) / results["cached_images_mb"], 2)
+    if FLAGS.classic:
+        classic_ds = bench.classic_pipeline(
+            source, FLAGS.train_split, config.image_size, config.batch_size, max_examples=max_examples
+        )
+        results["classic"] = _rates(_measure("classic", classic_ds, FLAGS.epochs, num_images, config.batch_size))
+        results["speedup_cold"] = round(results["tfpipe"]["cold_images_per_sec"] / results["classic"]["cold_images_per_sec"], 2)
+        results["speedup_warm"] = round(results["tfpipe"]["warm_images_per_sec"] / results["classic"]["warm_images_per_sec"], 2)
+        results["classic_peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
+    return results
+
+
+def _measure(name, dataset, epochs, num_images, batch_size):
+    from keras.utils import Progbar
+
+    timings = []
+    for epoch in range(1, epochs + 1):
+        label = "cold" if epoch == 1 else "warm"
+        print(f"{name} epoch {epoch}/{epochs} ({label})", flush=True)
+        bar = Progbar(target=-(-num_images // batch_size), unit_name="batch", stateful_metrics=["images"])
+        timing = bench.run_epoch(dataset, on_progress=lambda b, i: bar.update(b, values=[("images", i)]))
+        print(
+            f"  {timing.images} images in {timing.seconds:.2f} s: {timing.images_per_sec:,.0f} images/s; "
+            f"RSS {bench.current_rss_mb():,.0f} MB, peak {bench.peak_rss_mb():,.0f} MB",
+            flush=True,
+        )
+        timings.append(timing)
+    return timings
+
+
+def _rates(epochs):
+    return {
+        "cold_images_per_sec": round(epochs[0].images_per_sec, 1),
+        "warm_images_per_sec": round(bench.warm_rate(epochs), 1),
+        "epoch_images_per_sec": [round(e.images_per_sec, 1) for e in epochs],
+    }
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def format_table(results: dict) -> str:
+    lines = [f"\n{'pipeline':<10}{'cold images/s':>16}{'warm images/s':>16}"]
+    for name in ("classic", "tfpipe"):
+        if name in results:
+            r = results[name]
+            lines.append(f"{name:<10}{r['cold_images_per_sec']:>16,.0f}{r['warm_images_per_sec']:>16,.0f}")
+    if "speedup_cold" in results:
+        lines.append(f"{'speedup':<10}{results['speedup_cold']:>15.2f}x{results['speedup_warm']:>15.2f}x")
+    lines.append(
+        f"peak RSS (tfpipe): {results['peak_rss_mb']:,.0f} MB; idle {results['idle_rss_mb']:,.0f} MB; "
+        f"+{results['peak_rss_mb'] - results['idle_rss_mb']:,.0f} MB = {results['rss_over_idle_per_cached_mb']:.2f}x "
+        f"the {results['cached_images_mb']:,.0f} MB of cached uint8 images (cache={results['cache']})"
+    )
+    lines.append(
+        "epochs reshuffled: "
+        + ("yes, two epochs start with different batches" if results["epochs_reshuffled"] else "NO: every epoch repeats the same order")
+    )
+    lines.append(f"{results['num_images']} images of {results['image_size']}px, batch {results['batch_size']}, {results['cores']} cores")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit("run bin/bench_input")

@@ -1,0 +1,53 @@
+"""Flags for the data and the input pipeline, shared by every tool that reads data.
+
+Importing this module defines the flags (the absl way); the helpers turn the
+parsed values into the library's plain arguments.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from tfpipe import augment
+from tfpipe.data import pipeline, sources
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string(
+    "dataset",
+    sources.DEFAULT_DATASET,
+    "A tfds name with optional /CONFIG and :VERSION (cats_vs_dogs, tf_flowers, beans:0.1.0), "
+    "folder:PATH for PATH/CLASS/* or PATH/SPLIT/CLASS/* images, or the embedded tfpipe_shapes "
+    "(configs small, large, multiclass; runs offline).",
+)
+flags.DEFINE_string("data_dir", None, "Where tfds datasets are prepared and read; default ~/tensorflow_datasets.")
+flags.DEFINE_string("train_split", "train[:80%]", "Training split, in tfds slicing syntax.")
+flags.DEFINE_string("val_split", "train[80%:90%]", "Validation split, in tfds slicing syntax.")
+flags.DEFINE_string("test_split", "train[90%:]", "Test split, in tfds slicing syntax; empty for none.")
+flags.DEFINE_integer("image_size", 160, "Images are resized to image_size x image_size.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size.")
+flags.DEFINE_string(
+    "cache", pipeline.CACHE_MEMORY, "Cache of resized uint8 images: memory, none, or a folder for a file cache."
+)
+flags.DEFINE_integer("shuffle_buffer", 1000, "Shuffle buffer in images; 0 shuffles the whole split.")
+flags.DEFINE_integer("seed", None, "Seed for shuffling, augmentation and initialization; unset: random.")
+flags.DEFINE_boolean(
+    "jpeg_dct_scaling", True, "Decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below image_size) before resizing."
+)
+flags.DEFINE_string("augment", augment.DEFAULT_AUGMENT, "Augmentation layers: NAME[=VALUE],... or none.")
+flags.DEFINE_enum("augment_on", "model", augment.PLACEMENTS, "Run augmentation in the model or in the pipeline.")
+
+
+def pipeline_config() -> pipeline.PipelineConfig:
+    return pipeline.PipelineConfig(
+        image_size=FLAGS.image_size,
+        batch_size=FLAGS.batch_size,
+        cache=FLAGS.cache,
+        shuffle_buffer=FLAGS.shuffle_buffer,
+        seed=FLAGS.seed,
+        jpeg_dct_scaling=FLAGS.jpeg_dct_scaling,
+    )
+
+
+def augment_steps() -> tuple[tuple[str, str], ...]:
+    return augment.parse(FLAGS.augment)

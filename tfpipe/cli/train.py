@@ -1,0 +1,96 @@
+"""train: fine-tune a pretrained image classifier in two phases.
+
+    train --fine_tune_at=100 --initial_epochs=10        # the embedded dataset, offline
+    train --dataset=cats_vs_dogs --weights=imagenet     # the tutorial, with internet
+    train --dataset=folder:/data/pets --backbone=efficientnet_b0
+
+Rerun the same command with the same --model_dir to resume an interrupted run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+from absl import flags
+
+from tfpipe import backbones, model
+from tfpipe.cli import data_flags, errors
+from tfpipe.train import TrainConfig, train
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_enum("backbone", "mobilenet_v2", list(backbones.BACKBONES), "Pretrained base.")
+flags.DEFINE_float("alpha", 1.0, "MobileNetV2 width multiplier.")
+flags.DEFINE_string(
+    "weights", "auto", "auto (imagenet; none on the embedded dataset), imagenet, none, or a no-top .h5 file."
+)
+flags.DEFINE_float("dropout", 0.2, "Dropout before the final Dense layer.")
+flags.DEFINE_string("fine_tune_at", "100", "First base layer to fine-tune: an index (0: whole base) or a layer name.")
+flags.DEFINE_integer("initial_epochs", 10, "Feature-extraction epochs, base frozen.")
+flags.DEFINE_integer("fine_tune_epochs", 10, "Fine-tuning epochs after them; 0 keeps the base frozen throughout.")
+flags.DEFINE_float("learning_rate", 1e-4, "Learning rate of feature extraction.")
+flags.DEFINE_float("fine_tune_lr_factor", 0.1, "Fine-tuning learning rate = learning_rate x this.")
+flags.DEFINE_enum("optimizer", "rmsprop", list(model.OPTIMIZERS), "Optimizer of both phases.")
+flags.DEFINE_boolean("mixed_precision", False, "Compute in float16 with loss scaling (for GPUs).")
+flags.DEFINE_boolean("jit_compile", False, "Compile the training step with XLA.")
+flags.DEFINE_boolean(
+    "fast_feature_extraction", True, "With --augment=none, run the frozen base once and train the head on its features."
+)
+flags.DEFINE_string("model_dir", None, "Output folder; default: a new runs/YYYYmmdd-HHMMSS. Reuse it to resume.")
+flags.DEFINE_boolean("overwrite", False, "Replace what --model_dir holds instead of resuming it.")
+
+
+def config_from_flags() -> TrainConfig:
+    model_dir = FLAGS.model_dir or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return TrainConfig(
+        model_dir=model_dir,
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        train_split=FLAGS.train_split,
+        val_split=FLAGS.val_split,
+        test_split=FLAGS.test_split,
+        pipeline=data_flags.pipeline_config(),
+        augment=FLAGS.augment,
+        augment_on=FLAGS.augment_on,
+        backbone=FLAGS.backbone,
+        alpha=FLAGS.alpha,
+        weights=FLAGS.weights,
+        dropout=FLAGS.dropout,
+        fine_tune_at=FLAGS.fine_tune_at,
+        initial_epochs=FLAGS.initial_epochs,
+        fine_tune_epochs=FLAGS.fine_tune_epochs,
+        learning_rate=FLAGS.learning_rate,
+        fine_tune_lr_factor=FLAGS.fine_tune_lr_factor,
+        optimizer=FLAGS.optimizer,
+        mixed_precision=FLAGS.mixed_precision,
+        jit_compile=FLAGS.jit_compile,
+        fast_feature_extraction=FLAGS.fast_feature_extraction,
+        overwrite=FLAGS.overwrite,
+    )
+
+
+def main(argv):
+    del argv
+    with errors.reported():
+        config = config_from_flags()
+        print(f"Model directory: {os.path.abspath(config.model_dir)}", flush=True)
+        results = train(config, log=lambda message: print(message, flush=True))
+    print(summary(results, config.model_dir))
+
+
+def summary(results: dict, model_dir: str) -> str:
+    accuracy = results["test_accuracy"]
+    lines = [
+        "",
+        "Done.",
+        f"  test accuracy: {accuracy:.3f} (loss {results['test_loss']:.3f}), from the best epoch, {results['best_epoch']}"
+        if accuracy is not None
+        else f"  best epoch: {results['best_epoch']} (no test split)",
+        f"  wall time: {results['wall_seconds']['total']:.0f} s "
+        f"(feature extraction {results['wall_seconds']['feature_extraction']:.0f} s, "
+        f"fine-tuning {results['wall_seconds']['fine_tune']:.0f} s)",
+        f"  files in {os.path.abspath(model_dir)}: results.json, history.json, best.keras, final.keras, export/, "
+        "training_curves.png, tensorboard/",
+    ]
+    return "\n".join(lines)

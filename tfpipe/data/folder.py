@@ -1,0 +1,146 @@
+"""Image folders as a dataset: PATH/CLASS/* or PATH/SPLIT/CLASS/*.
+
+Class ids follow the sorted class folder names (the union over splits, so every
+split agrees). Within a split, files are ordered by a hash of their relative
+path: a fixed, class-mixed order, so `train[:80%]` of a folder holds every class
+in proportion, exactly as slicing a (shuffled-on-write) tfds dataset does.
+
+Files that cannot be decoded are found up front, by decoding every file once
+with the same TensorFlow decoder the pipeline uses, in parallel; they are left
+out and reported in one warning. So an epoch never meets a broken file, and the
+example counts, the steps per epoch and the progress bars are exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfpipe.errors import TfpipeError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+DEFAULT_SPLIT = "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderIndex:
+    root: str
+    class_names: tuple[str, ...]
+    # split name -> (paths, labels), in the fixed hashed order
+    splits: dict[str, tuple[tuple[str, ...], tuple[int, ...]]]
+    unreadable: tuple[str, ...]
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """Any JPEG, PNG, BMP or GIF (first frame) to an (H, W, 3) uint8 tensor."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def index_folder(root: str) -> FolderIndex:
+    root = os.path.abspath(os.path.expanduser(root))
+    layout = _find_layout(root)
+    class_names = tuple(sorted({name for classes in layout.values() for name in classes}))
+    class_ids = {name: i for i, name in enumerate(class_names)}
+    unreadable = _undecodable(
+        [path for classes in layout.values() for files in classes.values() for path in files]
+    )
+    splits = {}
+    for split, classes in layout.items():
+        entries = [
+            (path, class_ids[name]) for name, files in classes.items() for path in files if path not in unreadable
+        ]
+        entries.sort(key=lambda entry: hashlib.md5(os.path.relpath(entry[0], root).encode()).hexdigest())
+        splits[split] = (tuple(p for p, _ in entries), tuple(label for _, label in entries))
+    if unreadable:
+        example = sorted(unreadable)[0]
+        logging.warning(
+            "Skipped %d of %d files in %s that could not be decoded as images (for example %s).",
+            len(unreadable),
+            sum(len(files) for classes in layout.values() for files in classes.values()),
+            root,
+            example,
+        )
+    if not any(paths for paths, _ in splits.values()):
+        raise TfpipeError(f"folder {root} has no image that can be decoded: every file failed to decode")
+    return FolderIndex(root, class_names, splits, tuple(sorted(unreadable)))
+
+
+def _find_layout(root: str) -> dict[str, dict[str, list[str]]]:
+    """split -> class -> image paths, for either supported layout."""
+    if not os.path.isdir(root):
+        what = "is not a folder" if os.path.exists(root) else "does not exist"
+        raise TfpipeError(f"--dataset=folder:{root}: {root} {what}; give a folder laid out as PATH/CLASS/*.jpg")
+    subfolders = _subfolders(root)
+    if not subfolders:
+        raise TfpipeError(
+            f"folder {root} has no class subfolders: put the images of each class in a folder of its own, "
+            f"{root}/CLASS/*.jpg, or split folders {root}/SPLIT/CLASS/*.jpg"
+        )
+    direct = {name: _images_directly_in(path) for name, path in subfolders.items()}
+    if any(direct.values()):  # PATH/CLASS/*
+        layout = {DEFAULT_SPLIT: {name: _images_below(path) for name, path in subfolders.items()}}
+    else:  # PATH/SPLIT/CLASS/*
+        layout = {
+            split: {name: _images_below(path) for name, path in _subfolders(split_path).items()}
+            for split, split_path in subfolders.items()
+        }
+        layout = {split: classes for split, classes in layout.items() if classes}
+    if not any(files for classes in layout.values() for files in classes.values()):
+        raise TfpipeError(
+            f"folder {root} has no images: expected files ending in {', '.join(IMAGE_EXTENSIONS)} "
+            f"in {root}/CLASS/ or {root}/SPLIT/CLASS/"
+        )
+    return layout
+
+
+def _subfolders(path: str) -> dict[str, str]:
+    return {
+        entry.name: entry.path
+        for entry in sorted(os.scandir(path), key=lambda e: e.name)
+        if entry.is_dir() and not entry.name.startswith(".")
+    }
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _images_directly_in(path: str) -> list[str]:
+    return sorted(entry.path for entry in os.scandir(path) if entry.is_file() and _is_image(entry.name))
+
+
+def _images_below(path: str) -> list[str]:
+    found = []
+    for folder, subdirs, files in os.walk(path, followlinks=True):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        found.extend(os.path.join(folder, name) for name in sorted(files) if _is_image(name))
+    return found
+
+
+def _undecodable(paths: list[str]) -> set[str]:
+    """The paths TensorFlow's decoder rejects, found by decoding all of them in parallel."""
+    if not paths:
+        return set()
+
+    def decodes(index):
+        image = decode_image(tf.io.read_file(tf.gather(path_tensor, index)))
+        return index, tf.shape(image)  # returning a result keeps the decode from being pruned
+
+    path_tensor = tf.constant(paths)
+    checked = (
+        tf.data.Dataset.range(len(paths))
+        .map(decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        .ignore_errors()
+        .batch(1024)
+    )
+    decoded = np.zeros(len(paths), dtype=bool)
+    for indices, _ in checked.as_numpy_iterator():
+        decoded[indices] = True
+    return {path for path, ok in zip(paths, decoded) if not ok}

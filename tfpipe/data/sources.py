@@ -1,0 +1,193 @@
+"""Dataset specs -> sources of encoded images and labels, with their metadata.
+
+A spec is one of:
+  tfpipe_shapes[/CONFIG]     the embedded dataset (default), drawn locally, no network
+  NAME[/CONFIG][:VERSION]    any tfds image-classification dataset (cats_vs_dogs, tf_flowers, beans)
+  folder:PATH                PATH/CLASS/* or PATH/SPLIT/CLASS/* (JPEG, PNG, BMP, GIF)
+
+Every source yields (encoded image bytes, int64 label) in a fixed order and
+answers split strings in tfds slicing syntax; decoding is the pipeline's job.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tfpipe.data import folder, offline, splits
+from tfpipe.data.builders import EMBEDDED_DATASET
+from tfpipe.errors import TfpipeError
+from tfpipe.paths import ensure_writable_dir
+
+FOLDER_PREFIX = "folder:"
+DEFAULT_DATASET = EMBEDDED_DATASET
+# Seconds one network check may take before a tfds download is declared impossible.
+NETWORK_CHECK_SECONDS = 8.0
+
+
+class Source(abc.ABC):
+    """Encoded examples of one dataset, addressed by tfds split strings."""
+
+    name: str
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @abc.abstractmethod
+    def split_sizes(self) -> dict[str, int]:
+        """Examples in each named split, before slicing."""
+
+    def count(self, split: str, *, flag: str = "split") -> int:
+        """Examples that `split` selects; raises TfpipeError on a bad split string."""
+        return splits.count(splits.resolve(split, self.split_sizes(), flag=flag))
+
+    @abc.abstractmethod
+    def encoded(self, split: str, *, parallel: bool = True) -> tf.data.Dataset:
+        """(encoded image: tf.string, label: tf.int64) for `split`, in a fixed order."""
+
+
+class TfdsSource(Source):
+    def __init__(self, builder: tfds.core.DatasetBuilder):
+        self._builder = builder
+        self.name = builder.info.full_name
+        keys = builder.info.supervised_keys
+        features = builder.info.features
+        if not keys or not isinstance(features[keys[1]], tfds.features.ClassLabel) or not isinstance(
+            features[keys[0]], tfds.features.Image
+        ):
+            raise TfpipeError(
+                f"{builder.name} is not an image classification dataset (it needs an image and a class label "
+                "as supervised keys); pick one such as cats_vs_dogs, tf_flowers or beans"
+            )
+        self._image_key, self._label_key = keys
+        self.class_names = tuple(features[self._label_key].names)
+
+    def split_sizes(self) -> dict[str, int]:
+        return {name: info.num_examples for name, info in self._builder.info.splits.items()}
+
+    def encoded(self, split: str, *, parallel: bool = True) -> tf.data.Dataset:
+        serial = None if parallel else 1
+        read_config = tfds.ReadConfig(
+            try_autocache=False,  # tfpipe decides where to cache, after resizing
+            skip_prefetch=True,  # prefetch belongs at the end of the pipeline
+            num_parallel_calls_for_decode=serial,
+            num_parallel_calls_for_interleave_files=tf.data.AUTOTUNE if parallel else 1,
+        )
+        dataset = self._builder.as_dataset(
+            split=split,
+            as_supervised=True,
+            shuffle_files=False,
+            decoders={self._image_key: tfds.decode.SkipDecoding()},
+            read_config=read_config,
+        )
+        return dataset.map(lambda image, label: (image, tf.cast(label, tf.int64)))
+
+
+class FolderSource(Source):
+    def __init__(self, root: str):
+        self._index = folder.index_folder(root)
+        self.name = f"{FOLDER_PREFIX}{self._index.root}"
+        self.class_names = self._index.class_names
+
+    @property
+    def unreadable_files(self) -> tuple[str, ...]:
+        return self._index.unreadable
+
+    def split_sizes(self) -> dict[str, int]:
+        return {name: len(paths) for name, (paths, _) in self._index.splits.items()}
+
+    def encoded(self, split: str, *, parallel: bool = True) -> tf.data.Dataset:
+        paths, labels = [], []
+        for part in splits.resolve(split, self.split_sizes()):
+            split_paths, split_labels = self._index.splits[part.split]
+            paths.extend(split_paths[part.start : part.stop])
+            labels.extend(split_labels[part.start : part.stop])
+        dataset = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, tf.int64)))
+        return dataset.map(
+            lambda path, label: (tf.io.read_file(path), label),
+            num_parallel_calls=tf.data.AUTOTUNE if parallel else None,
+        )
+
+
+def default_data_dir() -> str:
+    """Where tfds keeps prepared datasets unless told otherwise."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+
+
+def open_source(spec: str, data_dir: str | None = None) -> Source:
+    """The source a --dataset spec names, prepared and ready to read."""
+    spec = spec.strip()
+    if spec.startswith(FOLDER_PREFIX):
+        return FolderSource(spec[len(FOLDER_PREFIX) :])
+    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+    builder = _tfds_builder(spec, data_dir)
+    if not builder.is_prepared():
+        _prepare(builder, spec, data_dir)
+    return TfdsSource(builder)
+
+
+def _tfds_builder(spec: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    try:
+        return tfds.builder(spec, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise TfpipeError(
+            f"unknown dataset {spec!r}: use the embedded {EMBEDDED_DATASET!r} (the default, offline; "
+            f"configs small, large, multiclass), '{FOLDER_PREFIX}PATH' for a folder of images, "
+            "or a tfds name such as cats_vs_dogs (listed by tfds.list_builders())"
+        ) from None
+    except (ValueError, AssertionError) as error:  # e.g. an unknown config or version
+        reason = str(error).strip().splitlines()[0]
+        raise TfpipeError(f"--dataset={spec!r}: {reason}") from None
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, spec: str, data_dir: str) -> None:
+    ensure_writable_dir(data_dir, flag="data_dir")
+    if builder.name != EMBEDDED_DATASET:
+        servers = offline.server_urls(builder.url_infos)
+        if not offline.any_reachable(servers, timeout=NETWORK_CHECK_SECONDS):
+            raise TfpipeError(
+                f"{spec} is not prepared in {data_dir} and must be downloaded, but the network is unreachable "
+                f"({', '.join(servers)} did not answer): on a machine with internet run `tfds build {builder.name} "
+                f"--data_dir=DIR` (pip install tensorflow-datasets), copy DIR here and pass --data_dir=DIR"
+            )
+    builder.download_and_prepare()
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMetadata:
+    """What the rest of tfpipe needs to know about the data of a run."""
+
+    name: str
+    class_names: tuple[str, ...]
+    split_specs: dict[str, str]  # role ("train", "validation", "test") -> split string
+    num_examples: dict[str, int]  # role -> examples selected
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def describe(source: Source, **split_specs: str) -> DatasetMetadata:
+    """Checks each role's split (e.g. train="train[:80%]") and counts its examples.
+
+    A role given an empty string is left out (a run without a test split).
+    """
+    split_specs = {role: spec for role, spec in split_specs.items() if spec}
+    counts = {}
+    for role, spec in split_specs.items():
+        flag = "val_split" if role == "validation" else f"{role}_split"
+        counts[role] = source.count(spec, flag=flag)
+        if counts[role] == 0:
+            raise TfpipeError(
+                f"--{flag}={spec!r} selects no examples of {source.name} (splits: "
+                f"{', '.join(f'{k}={v}' for k, v in source.split_sizes().items())}); choose a wider slice"
+            )
+    if source.num_classes < 2:
+        raise TfpipeError(f"{source.name} has {source.num_classes} class; a classifier needs at least 2")
+    return DatasetMetadata(source.name, tuple(source.class_names), split_specs, counts)

@@ -1,0 +1,38 @@
+"""Fast feature extraction: run the frozen base once, then train the head on its output.
+
+With the base frozen and no augmentation, every epoch of phase 1 would feed the
+same images through the same frozen base and get the same features. Computing
+them once and training the head (the classifier's own Dropout and Dense
+layers) on the stored features gives the same head in a fraction of the time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfpipe import model as model_lib
+
+
+def extract(classifier, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, D] float32, labels [N]) for every example of `dataset`, in one pass."""
+    extractor = model_lib.feature_extractor(classifier)
+
+    @tf.function
+    def forward(images):
+        return tf.cast(extractor(images, training=False), tf.float32)
+
+    features, labels = [], []
+    for images, batch_labels in dataset:
+        features.append(forward(images).numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def feature_datasets(
+    features: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool, seed: int | None
+) -> tf.data.Dataset:
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
+    if training:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

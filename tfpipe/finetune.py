@@ -1,0 +1,106 @@
+"""The fine-tune boundary and the two-phase schedule.
+
+Phase 1 (feature extraction): the whole base is frozen and only the head trains.
+Phase 2 (fine-tuning): layers of the base from `fine_tune_at` on are unfrozen and
+train with the head at a lower learning rate. The three classic strategies:
+
+    base frozen throughout      --fine_tune_epochs=0
+    top of the base retrained   --fine_tune_at=100 (MobileNetV2 has 154 layers)
+    whole base retrained        --fine_tune_at=0
+
+Epochs are numbered from 1 across both phases: phase 2 continues from the number
+of epochs phase 1 completed (not from history.epoch[-1], which repeats one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from tfpipe.errors import TfpipeError
+from tfpipe.model import BASE_LAYER
+
+FEATURE_EXTRACTION = "feature_extraction"
+FINE_TUNE = "fine_tune"
+
+
+def resolve_fine_tune_at(base: keras.Model, fine_tune_at: str | int) -> int:
+    """--fine_tune_at (a layer index or a layer name) -> index into base.layers."""
+    layers = base.layers
+    text = str(fine_tune_at).strip()
+    try:
+        index = int(text)
+    except ValueError:
+        names = [layer.name for layer in layers]
+        if text not in names:
+            raise TfpipeError(
+                f"--fine_tune_at={text!r} is not a layer of {base.name}, which has {len(layers)} layers "
+                f"(indices 0-{len(layers) - 1}, e.g. {names[len(names) // 2]!r}); give an index or a layer name"
+            ) from None
+        return names.index(text)
+    if not 0 <= index < len(layers):
+        raise TfpipeError(
+            f"--fine_tune_at={index} is out of range: {base.name} has {len(layers)} layers, so use 0 "
+            f"(fine-tune the whole base) to {len(layers) - 1}, or --fine_tune_epochs=0 to keep it frozen"
+        )
+    return index
+
+
+def freeze(base: keras.Model) -> None:
+    base.trainable = False
+
+
+def unfreeze_from(base: keras.Model, index: int) -> None:
+    """Trains base.layers[index:], freezes the rest. BatchNorm layers stay in
+    inference mode either way (the model runs the base with training=False)."""
+    base.trainable = True
+    for layer in base.layers[:index]:
+        layer.trainable = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    name: str
+    first_epoch: int  # 0-based, as Keras counts: fit(initial_epoch=first_epoch)
+    end_epoch: int  # fit(epochs=end_epoch)
+    learning_rate: float
+
+    @property
+    def num_epochs(self) -> int:
+        return self.end_epoch - self.first_epoch
+
+
+def schedule(initial_epochs: int, fine_tune_epochs: int, learning_rate: float, fine_tune_lr_factor: float):
+    """The phases of a run, skipping empty ones."""
+    phases = [
+        Phase(FEATURE_EXTRACTION, 0, initial_epochs, learning_rate),
+        Phase(FINE_TUNE, initial_epochs, initial_epochs + fine_tune_epochs, learning_rate * fine_tune_lr_factor),
+    ]
+    return [phase for phase in phases if phase.num_epochs > 0]
+
+
+def calibrate_batchnorm(classifier: keras.Model, base: keras.Model, batches) -> int:
+    """Sets the BatchNorm statistics of a randomly initialized base from data.
+
+    A base built with weights=None has no statistics worth protecting: its moving
+    means and variances are the initial 0 and 1, which leave a deep random
+    network's activations vanishing (MobileNetV2's pooled features come out
+    around 1e-12), so a frozen random base gives the head nothing to learn from.
+    Averaging the batch statistics of a few training batches, with no weight
+    update, gives normalized random features instead. Returns the images used.
+    """
+    layers = [layer for layer in base._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    to_base_input = keras.Model(classifier.inputs, classifier.get_layer(BASE_LAYER).input)
+    momenta = [layer.momentum for layer in layers]
+    images_seen = 0
+    try:
+        for step, images in enumerate(batches):
+            for layer in layers:
+                layer.momentum = step / (step + 1)  # a running average over the batches so far
+            base(to_base_input(images, training=False), training=True)
+            images_seen += int(images.shape[0])
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return images_seen

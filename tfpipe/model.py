@@ -1,0 +1,179 @@
+"""The classifier: a Functional graph from uint8 images to logits, in a Model
+subclass that owns its train_step and test_step.
+
+    uint8 image -> ToFloat -> augmentation (training only) -> backbone scaling
+      -> base(training=False) -> GlobalAveragePooling -> Dropout -> Dense(logits)
+
+The base runs in inference mode whatever the outer call says, so its
+BatchNormalization layers keep their moving statistics (learned on ImageNet)
+while their gamma and beta train. Keras 3 makes this take more than the
+tutorial's `base(x, training=False)`: a Functional model passes its own
+`training` value to every layer it calls, overriding the False written at graph
+construction. The base is therefore wrapped in InferenceModeBase, whose call
+takes no `training` argument and calls the base with training=False.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfpipe import backbones
+
+AUGMENTATION_LAYER = "augmentation"
+BASE_LAYER = "base"
+POOLING_LAYER = "pooling"
+DROPOUT_LAYER = "head_dropout"
+LOGITS_LAYER = "logits"
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+
+@keras.saving.register_keras_serializable(package="tfpipe")
+class ToFloat(keras.layers.Layer):
+    """uint8 images -> float32 in [0, 255], on the accelerator."""
+
+    def call(self, images):
+        return ops.cast(images, "float32")
+
+
+@keras.saving.register_keras_serializable(package="tfpipe")
+class InferenceModeBase(keras.layers.Layer):
+    """Runs a pretrained base with training=False, always (see the module docstring)."""
+
+    def __init__(self, base: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.base = base
+
+    def build(self, input_shape):
+        self.base.build(input_shape)
+        self.built = True
+
+    def call(self, images):
+        return self.base(images, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.base.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["base"] = keras.saving.deserialize_keras_object(config["base"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tfpipe")
+class TransferClassifier(keras.Model):
+    """A Functional model whose training step is written out with public Keras 3 APIs.
+
+    It computes what Keras' built-in step computes (a test checks the weights
+    match), correct under a tf.distribute strategy (Keras scales the loss by
+    1/replicas inside compute_loss; the reported loss is unscaled) and under
+    mixed precision (the optimizer scales the loss and unscales the gradients).
+    """
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(gradients, variables)
+        return self._metrics_after_step(x, y, y_pred, sample_weight, loss)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
+        return self._metrics_after_step(x, y, y_pred, sample_weight, loss)
+
+    def _metrics_after_step(self, x, y, y_pred, sample_weight, loss):
+        # compute_loss divided by the number of replicas so gradients sum right
+        # across them; the "loss" metric reports the per-example mean.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        batch_size = ops.shape(y_pred)[0]
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss * replicas, sample_weight=batch_size)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def build_classifier(
+    backbone: backbones.Backbone,
+    base: keras.Model,
+    image_size: int,
+    num_classes: int,
+    dropout: float = 0.2,
+    augmentation: keras.layers.Layer | None = None,
+    seed: int | None = None,
+) -> TransferClassifier:
+    """The Functional classifier around `base`; one logit for two classes, else one per class."""
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
+    x = ToFloat(name="to_float", dtype="float32")(inputs)
+    if augmentation is not None:
+        x = augmentation(x)
+    if backbone.scaling is not None:
+        x = backbone.scaling()(x)
+    x = InferenceModeBase(base, name=BASE_LAYER)(x)
+    x = keras.layers.GlobalAveragePooling2D(name=POOLING_LAYER)(x)
+    x = keras.layers.Dropout(dropout, seed=seed, name=DROPOUT_LAYER)(x)
+    # Logits stay float32 under mixed precision, for a stable loss.
+    outputs = keras.layers.Dense(logit_units(num_classes), dtype="float32", name=LOGITS_LAYER)(x)
+    return TransferClassifier(inputs, outputs, name=f"{backbone.name}_classifier")
+
+
+def logit_units(num_classes: int) -> int:
+    return 1 if num_classes == 2 else num_classes
+
+
+def loss_and_metrics(num_classes: int):
+    if num_classes == 2:
+        return keras.losses.BinaryCrossentropy(from_logits=True), [
+            keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")
+        ]
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True), [
+        keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    ]
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=learning_rate)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}; use one of {OPTIMIZERS}")
+
+
+def compile_classifier(
+    model: keras.Model, num_classes: int, optimizer: keras.optimizers.Optimizer, jit_compile: bool = False
+) -> None:
+    loss, metrics = loss_and_metrics(num_classes)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile)
+
+
+def base_of(model: keras.Model) -> keras.Model:
+    """The pretrained base nested inside a classifier."""
+    return model.get_layer(BASE_LAYER).base
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """uint8 images -> pooled base features, with the classifier's own layers (inference mode)."""
+    return keras.Model(model.inputs, model.get_layer(POOLING_LAYER).output, name="features")
+
+
+def head_of(model: keras.Model) -> TransferClassifier:
+    """Pooled features -> logits through the classifier's own Dropout and Dense layers.
+
+    The layers are shared, not copied: training this head trains the classifier's head.
+    """
+    features = keras.Input(shape=model.get_layer(POOLING_LAYER).output.shape[1:], name="features")
+    x = model.get_layer(DROPOUT_LAYER)(features)
+    outputs = model.get_layer(LOGITS_LAYER)(x)
+    return TransferClassifier(features, outputs, name="head")
