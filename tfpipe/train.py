@@ -128,6 +128,9 @@ class _Run:
 
     def __init__(self, config: TrainConfig, run_dir: RunDirectory, weights, log):
         self.config, self.run_dir, self.weights_used, self.log = config, run_dir, weights, log
+        if config.pipeline.seed is not None:
+            keras.utils.set_random_seed(config.pipeline.seed)  # before any weight is created
+        sources.check_spec(config.dataset, config.data_dir)  # a typo fails before weights load
         self.backbone = backbones.get(config.backbone)
         self.base = self.backbone.build_base(config.pipeline.image_size, weights, config.alpha)
         self.fine_tune_index = finetune.resolve_fine_tune_at(self.base, config.fine_tune_at)
@@ -145,8 +148,6 @@ class _Run:
         augmentation = augment.build(steps, seed=config.pipeline.seed, dtype="float32")
         in_model = augmentation if config.augment_on == "model" else None
         self.pipeline_augmentation = augmentation if config.augment_on == "pipeline" else None
-        if config.pipeline.seed is not None:
-            keras.utils.set_random_seed(config.pipeline.seed)
         self.classifier = model_lib.build_classifier(
             self.backbone,
             self.base,
@@ -159,6 +160,7 @@ class _Run:
         self.trainable_counts = self._count_trainable()
         self.val_ds = pipeline.build(self.source, config.val_split, config.pipeline, training=False)
         self.clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
+        self.last_optimizer = None
         if run_dir.resumed:
             run_dir.restore_weights(self.classifier)
         elif weights is None:
@@ -228,6 +230,7 @@ class _Run:
         model_lib.compile_classifier(model, self.metadata.num_classes, optimizer, jit_compile=self.config.jit_compile)
         if self.run_dir.restore_optimizer(model.optimizer, model.trainable_variables, phase.name):
             self.log(f"Restored the {phase.name} optimizer state of epoch {self.run_dir.state.completed_epochs}")
+        self.last_optimizer = model.optimizer
         stopper = callbacks.StopOnNonFiniteLoss()
         model.fit(
             train_ds,
@@ -254,9 +257,10 @@ class _Run:
     def finish(self, seconds_this_call: float) -> dict:
         config, run_dir, state = self.config, self.run_dir, self.run_dir.state
         if not self.classifier.compiled:
-            model_lib.compile_classifier(
-                self.classifier, self.metadata.num_classes, model_lib.make_optimizer(config.optimizer, 1e-3)
-            )
+            # Only the head was fit (fast feature extraction), or nothing was left to
+            # fit: final.keras gets the optimizer that trained last, state and all.
+            optimizer = self.last_optimizer or model_lib.make_optimizer(config.optimizer, config.learning_rate)
+            model_lib.compile_classifier(self.classifier, self.metadata.num_classes, optimizer)
         self.classifier.save(run_dir.file(FINAL_MODEL))
         self.classifier.export(run_dir.file(EXPORT_DIR), verbose=False)
         best_path = run_dir.file(callbacks.BEST_MODEL)

@@ -72,6 +72,7 @@ def run() -> dict:
     )
     tfpipe_epochs = _measure("tfpipe", tfpipe_ds, FLAGS.epochs, num_images, config.batch_size)
     tfpipe_peak = bench.peak_rss_mb()
+    cached_mb = num_images * config.image_size**2 * 3 / 2**20  # the uint8 images a memory cache holds
     reshuffled = bench.epochs_reshuffled(tfpipe_ds)
     results = {
         "tfpipe": _rates(tfpipe_epochs),
@@ -88,9 +89,9 @@ def run() -> dict:
         "epochs_reshuffled": reshuffled,
         "peak_rss_mb": round(tfpipe_peak, 1),
         "idle_rss_mb": round(idle_rss, 1),
-        "cached_images_mb": round(num_images * config.image_size**2 * 3 / 2**20, 1),
+        "cached_images_mb": round(cached_mb, 1),
+        "rss_over_idle_per_cached_mb": round((tfpipe_peak - idle_rss) / cached_mb, 2),
     }
-    results["rss_over_idle_per_cached_mb"] = round((tfpipe_peak - idle_rss) / results["cached_images_mb"], 2)
     if FLAGS.classic:
         classic_ds = bench.classic_pipeline(
             source, FLAGS.train_split, config.image_size, config.batch_size, max_examples=max_examples

@@ -45,7 +45,7 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
 
 def index_folder(root: str) -> FolderIndex:
     root = os.path.abspath(os.path.expanduser(root))
-    layout = _find_layout(root)
+    layout = find_layout(root)
     class_names = tuple(sorted({name for classes in layout.values() for name in classes}))
     class_ids = {name: i for i, name in enumerate(class_names)}
     unreadable = _undecodable(
@@ -72,7 +72,7 @@ def index_folder(root: str) -> FolderIndex:
     return FolderIndex(root, class_names, splits, tuple(sorted(unreadable)))
 
 
-def _find_layout(root: str) -> dict[str, dict[str, list[str]]]:
+def find_layout(root: str) -> dict[str, dict[str, list[str]]]:
     """split -> class -> image paths, for either supported layout."""
     if not os.path.isdir(root):
         what = "is not a folder" if os.path.exists(root) else "does not exist"

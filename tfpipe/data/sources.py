@@ -120,6 +120,15 @@ def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 
 
+def check_spec(spec: str, data_dir: str | None = None) -> None:
+    """The cheap half of open_source: the name or folder exists. Raises TfpipeError."""
+    spec = spec.strip()
+    if spec.startswith(FOLDER_PREFIX):
+        folder.find_layout(os.path.abspath(os.path.expanduser(spec[len(FOLDER_PREFIX) :])))
+    else:
+        _tfds_builder(spec, os.path.abspath(os.path.expanduser(data_dir or default_data_dir())))
+
+
 def open_source(spec: str, data_dir: str | None = None) -> Source:
     """The source a --dataset spec names, prepared and ready to read."""
     spec = spec.strip()

@@ -1,0 +1,157 @@
+"""bin/train and bin/bench_input as a user runs them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
+from conftest import REPO, TINY, run_tool
+
+TINY_TRAIN = ["--image_size=32", "--alpha=0.35", "--batch_size=8", "--seed=1"]
+
+
+def _load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_train_writes_every_output(tmp_path, data_dir):
+    model_dir = tmp_path / "run"
+    result = run_tool(
+        "train", f"--dataset={TINY}", f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY_TRAIN,
+        "--fine_tune_at=100", "--initial_epochs=2", "--fine_tune_epochs=1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[1].startswith("Weights: none")
+    assert "test accuracy" in result.stdout and "Epoch 3/3" in result.stdout
+
+    history = _load_json(model_dir / "history.json")
+    assert [(r["epoch"], r["phase"]) for r in history] == [
+        (1, "feature_extraction"), (2, "feature_extraction"), (3, "fine_tune")
+    ]
+    results = _load_json(model_dir / "results.json")
+    expected = {"test_loss", "test_accuracy", "best_epoch", "base_layers", "trainable_variables", "num_classes",
+                "class_names", "weights", "wall_seconds"}
+    assert expected <= set(results)
+    assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 56}
+    assert set(results["wall_seconds"]) == {"feature_extraction", "fine_tune", "total"}
+    assert results["weights"] == "none" and results["class_names"] == ["ellipse", "rectangle"]
+
+    images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    for name in ("best.keras", "final.keras"):
+        model = keras.models.load_model(model_dir / name)
+        assert model.predict(images, verbose=0).shape == (3, 1)
+    serve = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, numpy as np, tensorflow as tf\n"
+         f"m = tf.saved_model.load({str(model_dir / 'export')!r})\n"
+         "print(m.serve(np.zeros((3, 32, 32, 3), np.uint8)).shape)\n"
+         "assert 'tfpipe' not in sys.modules"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert serve.returncode == 0 and "(3, 1)" in serve.stdout, serve.stderr[-2000:]
+    with open(model_dir / "training_curves.png", "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    events = [f for _, _, files in os.walk(model_dir / "tensorboard") for f in files if "tfevents" in f]
+    assert events
+
+
+@pytest.mark.slow
+def test_train_resumes_after_kill_9(tmp_path, data_dir):
+    model_dir = tmp_path / "run"
+    command = [
+        sys.executable, os.path.join(REPO, "bin", "train"), f"--dataset={TINY}", f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}", *TINY_TRAIN, "--initial_epochs=2", "--fine_tune_epochs=4",
+    ]
+    state_file = model_dir / "checkpoint" / "state.json"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # kill it once it is inside the fine-tuning phase
+            if state_file.exists() and _load_json(state_file)["completed_epochs"] >= 3:
+                break
+            assert process.poll() is None, "train ended before it could be interrupted"
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    completed = _load_json(state_file)["completed_epochs"]
+    assert 3 <= completed < 6
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {model_dir} after epoch {completed}" in resumed.stdout
+    history = _load_json(model_dir / "history.json")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert [r["phase"] for r in history] == ["feature_extraction"] * 2 + ["fine_tune"] * 4
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--initial_epochs=-1"], "--initial_epochs=-1 is negative"),
+        (["--fine_tune_at=500"], "has 154 layers"),
+        (["--weights=/missing/file.h5"], "no such file"),
+        (["--dataset=imagenet_does_not_exist"], "unknown dataset"),
+        (["--train_split=train[:80"], "not a valid split"),
+    ],
+)
+def test_train_reports_bad_input_in_one_line(tmp_path, data_dir, flags, message):
+    result = run_tool("train", f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", *TINY_TRAIN, *flags,
+                      timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("train: error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bench_input_end_to_end_writes_valid_json(tmp_path, data_dir):
+    out = tmp_path / "bench.json"
+    result = run_tool(
+        "bench_input", f"--dataset={TINY}", f"--data_dir={data_dir}", "--image_size=32", "--batch_size=8",
+        "--epochs=2", f"--json={out}", timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = _load_json(out)
+    for pipeline in ("classic", "tfpipe"):
+        assert data[pipeline]["cold_images_per_sec"] > 0 and data[pipeline]["warm_images_per_sec"] > 0
+    for key in ("speedup_cold", "speedup_warm", "peak_rss_mb", "num_images", "image_size", "batch_size", "cores"):
+        assert key in data
+    assert data["num_images"] == 32 and data["image_size"] == 32 and data["batch_size"] == 8
+    assert data["epochs_reshuffled"] is True
+    assert "speedup" in result.stdout and "peak RSS" in result.stdout and "reshuffled: yes" in result.stdout
+
+
+def test_bench_input_max_batches_bounds_the_images(tmp_path, data_dir):
+    out = tmp_path / "bench.json"
+    result = run_tool(
+        "bench_input", f"--dataset={TINY}", f"--data_dir={data_dir}", "--image_size=32", "--batch_size=8",
+        "--max_batches=2", "--noclassic", f"--json={out}", timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _load_json(out)["num_images"] == 16
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch_size=0"], "--batch_size=0 must be a positive"),
+        (["--image_size=-1"], "--image_size=-1 must be a positive"),
+        (["--epochs=1"], "need at least 2"),
+        (["--dataset=folder:/no/such/folder"], "does not exist"),
+        (["--train_split=train[50%:50%]"], "selects no examples"),
+    ],
+)
+def test_bench_input_reports_bad_input_in_one_line(data_dir, flags, message):
+    result = run_tool("bench_input", f"--dataset={TINY}", f"--data_dir={data_dir}", *flags, timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bench_input: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]

@@ -1,0 +1,201 @@
+"""The two-phase run: epoch numbering, resume, refusal, NaN, fast feature extraction."""
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY, TINY_MULTICLASS
+from tfpipe import finetune
+from tfpipe.data.pipeline import PipelineConfig
+from tfpipe.errors import TfpipeError
+from tfpipe.train import TrainConfig, train
+
+
+def _config(tmp_path, data_dir, **overrides):
+    values = dict(
+        model_dir=str(tmp_path / "run"),
+        dataset=TINY,
+        data_dir=data_dir,
+        pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1),
+        alpha=0.35,
+        initial_epochs=2,
+        fine_tune_epochs=2,
+        learning_rate=1e-3,
+        verbose=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _history(config):
+    with open(os.path.join(config.model_dir, "history.json")) as f:
+        return json.load(f)
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAfterEpoch(keras.callbacks.Callback):
+    """Stands in for a crash: raises once the run has recorded `epoch` (counted from 1)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise Interrupt()
+
+
+class RecordOptimizerSteps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.iterations = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.iterations.append(int(self.model.optimizer.iterations.numpy()))
+
+
+def test_epochs_are_numbered_1_to_n_across_both_phases(tmp_path, data_dir):
+    config = _config(tmp_path, data_dir, initial_epochs=2, fine_tune_epochs=3)
+    results = train(config, log=lambda _: None)
+    history = _history(config)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
+    assert [r["phase"] for r in history] == [finetune.FEATURE_EXTRACTION] * 2 + [finetune.FINE_TUNE] * 3
+    assert [r["learning_rate"] for r in history] == pytest.approx([1e-3] * 2 + [1e-4] * 3)
+    for record in history:
+        assert set(record) == {"epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 56}
+    assert results["base_layers"] == 154 and results["num_classes"] == 2
+    best = min(history, key=lambda r: r["val_loss"])["epoch"]
+    assert results["best_epoch"] == best
+    assert 0 <= results["test_accuracy"] <= 1 and math.isfinite(results["test_loss"])
+
+
+def test_resume_after_an_interruption_continues_in_the_right_phase_with_its_optimizer(tmp_path, data_dir):
+    config = _config(tmp_path, data_dir)
+    with pytest.raises(Interrupt):
+        train(config, extra_callbacks=(InterruptAfterEpoch(3),), log=lambda _: None)
+    assert [r["epoch"] for r in _history(config)] == [1, 2, 3]
+    steps = RecordOptimizerSteps()
+    messages = []
+    train(config, extra_callbacks=(steps,), log=messages.append)
+    history = _history(config)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[3]["phase"] == finetune.FINE_TUNE
+    assert any("Resuming" in m and "after epoch 3" in m for m in messages)
+    assert any("Restored the fine_tune optimizer state" in m for m in messages)
+    # 32 training images in batches of 8: epoch 3 took 4 steps, so epoch 4 ends at 8.
+    assert steps.iterations == [8]
+
+
+def test_resume_at_a_phase_boundary_starts_fine_tuning_with_a_fresh_optimizer(tmp_path, data_dir):
+    config = _config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=1)
+    with pytest.raises(Interrupt):
+        train(config, extra_callbacks=(InterruptAfterEpoch(1),), log=lambda _: None)
+    steps = RecordOptimizerSteps()
+    train(config, extra_callbacks=(steps,), log=lambda _: None)
+    assert [r["phase"] for r in _history(config)] == [finetune.FEATURE_EXTRACTION, finetune.FINE_TUNE]
+    assert steps.iterations == [4]
+
+
+def test_a_model_dir_of_another_configuration_is_refused_unless_overwrite(tmp_path, data_dir):
+    config = _config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0)
+    train(config, log=lambda _: None)
+    changed = _config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, learning_rate=5e-4)
+    with pytest.raises(TfpipeError, match="different configuration .*learning_rate: 0.001 -> 0.0005"):
+        train(changed, log=lambda _: None)
+    keep = tmp_path / "run" / "notes.txt"
+    keep.write_text("a user's file")
+    results = train(
+        _config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, learning_rate=5e-4, overwrite=True),
+        log=lambda _: None,
+    )
+    assert results["epochs"] == 1 and keep.exists()
+
+
+class PoisonHead(keras.callbacks.Callback):
+    """Makes the next epoch's loss NaN, as a diverging run would."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            kernel = self.model.get_layer("logits").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_best_checkpoint(tmp_path, data_dir):
+    config = _config(tmp_path, data_dir, initial_epochs=3, fine_tune_epochs=0)
+    with pytest.raises(TfpipeError, match="NaN or infinite in epoch 2 .*epoch 1 is kept in best.keras"):
+        train(config, extra_callbacks=(PoisonHead(),), log=lambda _: None)
+    assert [r["epoch"] for r in _history(config)] == [1]
+    best = keras.models.load_model(os.path.join(config.model_dir, "best.keras"))
+    assert np.all(np.isfinite(best.get_layer("logits").kernel.numpy()))
+
+
+def test_fast_feature_extraction_trains_the_same_head(tmp_path, data_dir):
+    """One batch per epoch (batch = the 32 training images) and no dropout: both
+    paths see the same gradients, so they must reach the same head."""
+    heads = {}
+    for fast in (True, False):
+        config = _config(
+            tmp_path / str(fast),
+            data_dir,
+            augment="none",
+            dropout=0.0,
+            pipeline=PipelineConfig(image_size=32, batch_size=32, seed=1),
+            initial_epochs=3,
+            fine_tune_epochs=0,
+            fast_feature_extraction=fast,
+        )
+        results = train(config, log=lambda _: None)
+        assert results["fast_feature_extraction"] is fast
+        model = keras.models.load_model(os.path.join(config.model_dir, "final.keras"))
+        heads[fast] = (model.get_layer("logits").get_weights(), _history(config))
+    for fast_weight, slow_weight in zip(heads[True][0], heads[False][0]):
+        np.testing.assert_allclose(fast_weight, slow_weight, rtol=1e-3, atol=1e-5)
+    for fast_record, slow_record in zip(heads[True][1], heads[False][1]):
+        assert fast_record["val_loss"] == pytest.approx(slow_record["val_loss"], rel=1e-3)
+
+
+def test_base_frozen_throughout_and_multiclass(tmp_path, data_dir):
+    config = _config(tmp_path, data_dir, dataset=TINY_MULTICLASS, initial_epochs=1, fine_tune_epochs=0)
+    results = train(config, log=lambda _: None)
+    assert results["num_classes"] == 5 and len(results["class_names"]) == 5
+    assert [r["phase"] for r in _history(config)] == [finetune.FEATURE_EXTRACTION]
+    model = keras.models.load_model(os.path.join(config.model_dir, "final.keras"))
+    assert model.output.shape[-1] == 5
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"initial_epochs": -1}, "--initial_epochs=-1 is negative"),
+        ({"fine_tune_epochs": -2}, "--fine_tune_epochs=-2 is negative"),
+        ({"initial_epochs": 0, "fine_tune_epochs": 0}, "nothing to train"),
+        ({"fine_tune_at": "154"}, "has 154 layers"),
+        ({"fine_tune_at": "block_99_add"}, "not a layer of"),
+        ({"backbone": "vgg16", "alpha": 1.0, "fine_tune_at": "100"}, "has 19 layers"),
+        ({"weights": "/no/such/weights.h5"}, "no such file"),
+        ({"pipeline": PipelineConfig(image_size=16, batch_size=8)}, "too small for mobilenet_v2"),
+        ({"learning_rate": 0.0}, "--learning_rate=0.0 must be a positive"),
+        ({"jit_compile": True}, "RandomRotation has no XLA kernel"),
+        ({"pipeline": PipelineConfig(image_size=32, batch_size=64)}, "fewer than one batch"),
+        ({"val_split": "train[95%:95%]"}, "selects no examples"),
+    ],
+)
+def test_bad_input_fails_before_training(tmp_path, data_dir, overrides, message):
+    with pytest.raises(TfpipeError, match=message):
+        train(_config(tmp_path, data_dir, **overrides), log=lambda _: None)
+    assert not os.path.exists(os.path.join(tmp_path, "run", "history.json"))
+
+
+def test_unwritable_model_dir(tmp_path, data_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TfpipeError, match="--model_dir=.* is not a writable folder"):
+        train(_config(tmp_path, data_dir, model_dir=str(blocker / "run")), log=lambda _: None)
