@@ -46,10 +46,17 @@ class InterruptAfterEpoch(keras.callbacks.Callback):
     def __init__(self, epoch):
         super().__init__()
         self.epoch = epoch
+        self.weights = None
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 == self.epoch:
+            self.weights = [w.numpy() for w in self.model.weights]
             raise Interrupt()
+
+
+class WeightsAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = [w.numpy() for w in self.model.weights]
 
 
 class RecordOptimizerSteps(keras.callbacks.Callback):
@@ -79,12 +86,15 @@ def test_epochs_are_numbered_1_to_n_across_both_phases(tmp_path, data_dir):
 
 def test_resume_after_an_interruption_continues_in_the_right_phase_with_its_optimizer(tmp_path, data_dir):
     config = _config(tmp_path, data_dir)
+    interrupt = InterruptAfterEpoch(3)
     with pytest.raises(Interrupt):
-        train(config, extra_callbacks=(InterruptAfterEpoch(3),), log=lambda _: None)
+        train(config, extra_callbacks=(interrupt,), log=lambda _: None)
     assert [r["epoch"] for r in _history(config)] == [1, 2, 3]
-    steps = RecordOptimizerSteps()
+    steps, start = RecordOptimizerSteps(), WeightsAtStart()
     messages = []
-    train(config, extra_callbacks=(steps,), log=messages.append)
+    train(config, extra_callbacks=(steps, start), log=messages.append)
+    for saved, restored in zip(interrupt.weights, start.weights, strict=True):
+        np.testing.assert_array_equal(restored, saved)  # every weight, BatchNorm statistics included
     history = _history(config)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     assert history[3]["phase"] == finetune.FINE_TUNE

@@ -10,7 +10,6 @@ import numpy as np
 
 from tfpipe.run_state import RunDirectory
 
-BEST_MODEL = "best.keras"
 
 
 def learning_rate_of(optimizer) -> float:
@@ -41,8 +40,7 @@ class PhaseClock:
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """After each epoch: the history record, best.keras when val_loss improved,
-    and the weights and optimizer state a resumed run starts from.
+    """After each epoch: its history record and the state a resumed run starts from.
 
     `classifier` is the full model, also when the model being fit is only its head.
     """
@@ -68,9 +66,6 @@ class EpochRecorder(keras.callbacks.Callback):
             "val_accuracy": _float_or_none(logs.get("val_accuracy")),
             "learning_rate": learning_rate_of(self.model.optimizer),
         }
-        state = self.run_dir.state
-        if record["val_loss"] is not None and (state.best_val_loss is None or record["val_loss"] < state.best_val_loss):
-            self.classifier.save(self.run_dir.file(BEST_MODEL))
         self.run_dir.save_epoch(record, self.classifier, self.model.optimizer, self.phase, self.clock.snapshot())
 
 

@@ -14,19 +14,22 @@ import tensorflow as tf
 from tfpipe import model as model_lib
 
 
-def extract(classifier, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(features [N, D] float32, labels [N]) for every example of `dataset`, in one pass."""
+def extract(classifier, datasets: list[tf.data.Dataset]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(features [N, D] float32, labels [N]) for every example of each dataset, in one pass each."""
     extractor = model_lib.feature_extractor(classifier)
 
-    @tf.function
+    @tf.function  # traced once, for all datasets: tracing the base costs seconds
     def forward(images):
         return tf.cast(extractor(images, training=False), tf.float32)
 
-    features, labels = [], []
-    for images, batch_labels in dataset:
-        features.append(forward(images).numpy())
-        labels.append(batch_labels.numpy())
-    return np.concatenate(features), np.concatenate(labels)
+    results = []
+    for dataset in datasets:
+        features, labels = [], []
+        for images, batch_labels in dataset:
+            features.append(forward(images).numpy())
+            labels.append(batch_labels.numpy())
+        results.append((np.concatenate(features), np.concatenate(labels)))
+    return results
 
 
 def feature_datasets(

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tfpipe.finetune import FINE_TUNE  # noqa: E402
 
@@ -26,6 +27,7 @@ def plot_history(history: list[dict], path: str) -> None:
         axis.legend(loc="best")
         axis.grid(alpha=0.3)
     axes[1].set_xlabel("Epoch")
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

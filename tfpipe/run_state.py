@@ -1,10 +1,16 @@
 """What a run has done so far, kept in --model_dir so an interrupted run resumes.
 
-After every epoch the model weights and the optimizer's state are written to new
-files under checkpoint/, and only then does checkpoint/state.json, replaced
-atomically, point at them. A run killed at any moment (even with kill -9 in the
+A checkpoint holds only what training can change. Frozen layers and BatchNorm
+statistics never change, and the variables trainable in feature extraction
+(the head) are a subset of those trainable in fine-tuning, so the model's state
+after any epoch is: the weights it started from (checkpoint/initial.npz, written
+once) plus the values of its trainable variables then. Each epoch writes those
+values, the best epoch's values and the optimizer's state to a new
+checkpoint/epoch-NNNN.npz; only then does checkpoint/state.json, replaced
+atomically, point at it. A run killed at any moment (even with kill -9 in the
 middle of a write) therefore finds either the previous epoch's state or the new
-one, never a mix.
+one, never a mix; and in feature extraction a checkpoint is a few kilobytes, not
+the whole model.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from tfpipe.paths import ensure_writable_dir
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
+INITIAL_WEIGHTS = "initial.npz"
 RUN_OUTPUTS = (
     CHECKPOINT_DIR,
     "history.json",
@@ -42,6 +49,12 @@ def write_json_atomic(path: str, data) -> None:
     os.replace(temporary, path)
 
 
+def _save_npz_atomic(path: str, arrays: dict) -> None:
+    temporary = f"{path}.tmp.npz"
+    np.savez(temporary, **arrays)
+    os.replace(temporary, path)
+
+
 @dataclasses.dataclass
 class RunState:
     fingerprint: dict
@@ -50,9 +63,8 @@ class RunState:
     best_epoch: int | None = None
     best_val_loss: float | None = None
     wall_seconds: dict = dataclasses.field(default_factory=dict)
-    weights_file: str | None = None
-    optimizer_file: str | None = None
-    optimizer_phase: str | None = None  # the phase whose optimizer wrote optimizer_file
+    checkpoint_file: str | None = None
+    optimizer_phase: str | None = None  # the phase whose optimizer the checkpoint holds
 
 
 class RunDirectory:
@@ -78,6 +90,7 @@ class RunDirectory:
         if overwrite:
             self._clear()
         self.state = previous or RunState(fingerprint=fingerprint)
+        self._best_values: dict[int, np.ndarray] = {}
         os.makedirs(self.checkpoint_dir, exist_ok=True)
 
     @property
@@ -87,45 +100,90 @@ class RunDirectory:
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def save_epoch(self, record: dict, model, optimizer, optimizer_phase: str, wall_seconds: dict) -> None:
-        """Records a finished epoch; `record["epoch"]` counts from 1."""
-        epoch = record["epoch"]
-        weights = f"epoch-{epoch:04d}.weights.h5"
-        model.save_weights(os.path.join(self.checkpoint_dir, weights))
-        optimizer_state = f"epoch-{epoch:04d}.optimizer.npz"
+    def start(self, model) -> None:
+        """Records the weights a fresh run starts from, or brings back a resumed run's model."""
+        initial = os.path.join(self.checkpoint_dir, INITIAL_WEIGHTS)
+        if not self.resumed:
+            _save_npz_atomic(initial, {f"w{i}": v.numpy() for i, v in enumerate(model.weights)})
+            return
+        with np.load(initial) as saved:
+            if len(saved.files) != len(model.weights):
+                raise TfpipeError(
+                    f"{initial} does not match this model ({len(saved.files)} weights, not {len(model.weights)}); "
+                    "pass --overwrite to start this run afresh"
+                )
+            for i, variable in enumerate(model.weights):
+                variable.assign(saved[f"w{i}"])
+        with np.load(os.path.join(self.checkpoint_dir, self.state.checkpoint_file)) as saved:
+            _assign(model, saved, "current/")
+            self._best_values = {int(k.split("/")[1]): saved[k] for k in saved.files if k.startswith("best/")}
+
+    def save_epoch(self, record: dict, model, optimizer, optimizer_phase: str, wall_seconds: dict) -> bool:
+        """Records a finished epoch (`record["epoch"]` counts from 1); True if it is the best so far."""
+        state = self.state
+        improved = record.get("val_loss") is not None and (
+            state.best_val_loss is None or record["val_loss"] < state.best_val_loss
+        )
+        current = _changeable_values(model)
+        if improved:
+            state.best_epoch, state.best_val_loss = record["epoch"], record["val_loss"]
+            self._best_values = current
         store = {}
         optimizer.save_own_variables(store)
-        np.savez(os.path.join(self.checkpoint_dir, optimizer_state), **store)
-        state = self.state
-        state.history = [r for r in state.history if r["epoch"] < epoch] + [record]
-        state.completed_epochs = epoch
-        state.weights_file, state.optimizer_file, state.optimizer_phase = weights, optimizer_state, optimizer_phase
+        name = f"epoch-{record['epoch']:04d}.npz"
+        _save_npz_atomic(
+            os.path.join(self.checkpoint_dir, name),
+            {
+                **{f"current/{i}": value for i, value in current.items()},
+                **{f"best/{i}": value for i, value in self._best_values.items()},
+                **{f"optimizer/{key}": value for key, value in store.items()},
+            },
+        )
+        state.history = [r for r in state.history if r["epoch"] < record["epoch"]] + [record]
+        state.completed_epochs = record["epoch"]
+        state.checkpoint_file, state.optimizer_phase = name, optimizer_phase
         state.wall_seconds = dict(wall_seconds)
-        if record.get("val_loss") is not None and (
-            state.best_val_loss is None or record["val_loss"] < state.best_val_loss
-        ):
-            state.best_epoch, state.best_val_loss = epoch, record["val_loss"]
         write_json_atomic(os.path.join(self.checkpoint_dir, STATE_FILE), dataclasses.asdict(state))
         write_json_atomic(self.file("history.json"), state.history)
-        self._remove_stale_files(keep={weights, optimizer_state, STATE_FILE})
-
-    def restore_weights(self, model) -> None:
-        if self.state.weights_file:
-            model.load_weights(os.path.join(self.checkpoint_dir, self.state.weights_file))
+        self._remove_stale_files(keep={name, INITIAL_WEIGHTS, STATE_FILE})
+        return improved
 
     def restore_optimizer(self, optimizer, variables, phase: str) -> bool:
         """Loads the optimizer state saved by `phase`; False when there is none to load."""
-        if not self.state.optimizer_file or self.state.optimizer_phase != phase:
+        if not self.state.checkpoint_file or self.state.optimizer_phase != phase:
             return False
         optimizer.build(variables)
-        with np.load(os.path.join(self.checkpoint_dir, self.state.optimizer_file)) as saved:
-            store = {key: saved[key] for key in saved.files}
+        with np.load(os.path.join(self.checkpoint_dir, self.state.checkpoint_file)) as saved:
+            store = {k[len("optimizer/") :]: saved[k] for k in saved.files if k.startswith("optimizer/")}
         if len(store) != len(optimizer.variables):
             raise TfpipeError(
                 f"the optimizer state in {self.checkpoint_dir} has {len(store)} variables, this run's optimizer "
                 f"{len(optimizer.variables)}; the checkpoint is not from this configuration: pass --overwrite"
             )
         optimizer.load_own_variables(store)
+        return True
+
+    def load_best(self, model) -> dict | None:
+        """Sets `model` to the best epoch's weights; returns the values it replaced, None if no best yet."""
+        if not self._best_values:
+            return None
+        current = _changeable_values(model)
+        with np.load(os.path.join(self.checkpoint_dir, INITIAL_WEIGHTS)) as initial:
+            for i, variable in enumerate(model.weights):
+                if i in current or i in self._best_values:
+                    variable.assign(initial[f"w{i}"])
+        _assign_values(model, self._best_values)
+        return current
+
+    def save_best_model(self, model, path: str) -> bool:
+        """Writes the best epoch's model to `path` (a .keras file), leaving `model` as it was."""
+        current = self.load_best(model)
+        if current is None:
+            return False
+        try:
+            model.save(path)
+        finally:
+            _assign_values(model, current)
         return True
 
     def _load(self) -> RunState | None:
@@ -151,3 +209,19 @@ class RunDirectory:
         for name in os.listdir(self.checkpoint_dir):
             if name not in keep:
                 os.remove(os.path.join(self.checkpoint_dir, name))
+
+
+def _changeable_values(model) -> dict[int, np.ndarray]:
+    """{index in model.weights: value} of the variables training can change now."""
+    index = {id(v): i for i, v in enumerate(model.weights)}
+    return {index[id(v)]: v.numpy() for v in model.trainable_variables}
+
+
+def _assign_values(model, values: dict[int, np.ndarray]) -> None:
+    weights = model.weights
+    for i, value in values.items():
+        weights[i].assign(value)
+
+
+def _assign(model, saved, prefix: str) -> None:
+    _assign_values(model, {int(k[len(prefix) :]): saved[k] for k in saved.files if k.startswith(prefix)})

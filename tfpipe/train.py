@@ -15,18 +15,18 @@ import json
 import math
 import os
 import time
-import warnings
 from typing import Callable
 
 import keras
 
 from tfpipe import augment, backbones, callbacks, features, finetune, paths, report
 from tfpipe import model as model_lib
-from tfpipe.data import pipeline, sources
+from tfpipe.data import pipeline, sources, splits
 from tfpipe.data.builders import EMBEDDED_DATASET
 from tfpipe.errors import TfpipeError
 from tfpipe.run_state import RunDirectory, write_json_atomic
 
+BEST_MODEL = "best.keras"
 FINAL_MODEL = "final.keras"
 # Batches whose statistics initialize a random base's BatchNorm layers (weights=none).
 CALIBRATION_BATCHES = 4
@@ -83,6 +83,9 @@ class TrainConfig:
             raise TfpipeError(f"--optimizer={self.optimizer!r}: use one of {', '.join(model_lib.OPTIMIZERS)}")
         if not self.val_split:
             raise TfpipeError("--val_split is empty: the best checkpoint is chosen on the validation split")
+        for flag in ("train_split", "val_split", "test_split"):
+            if getattr(self, flag):
+                splits.parse(getattr(self, flag), flag=flag)
         backbones.get(self.backbone).check(self.pipeline.image_size, self.alpha)
         steps = augment.parse(self.augment)
         augment.check_placement(self.augment_on)
@@ -161,14 +164,13 @@ class _Run:
         self.val_ds = pipeline.build(self.source, config.val_split, config.pipeline, training=False)
         self.clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
         self.last_optimizer = None
-        if run_dir.resumed:
-            run_dir.restore_weights(self.classifier)
-        elif weights is None:
+        if weights is None and not run_dir.resumed:
             plain = pipeline.build(self.source, config.train_split, config.pipeline, training=False)
             used = finetune.calibrate_batchnorm(
                 self.classifier, self.base, (images for images, _ in plain.take(CALIBRATION_BATCHES))
             )
             log(f"Weights none: BatchNorm statistics of the random base estimated from {used} training images")
+        run_dir.start(self.classifier)
 
     def _count_trainable(self) -> dict:
         finetune.freeze(self.base)
@@ -217,12 +219,9 @@ class _Run:
         plain_train = pipeline.build(self.source, self.config.train_split, self.config.pipeline, training=False)
         seed = self.config.pipeline.seed
         batch = self.config.pipeline.batch_size
-        train_features = features.feature_datasets(
-            *features.extract(self.classifier, plain_train), batch, training=True, seed=seed
-        )
-        val_features = features.feature_datasets(
-            *features.extract(self.classifier, self.val_ds), batch, training=False, seed=seed
-        )
+        (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, [plain_train, self.val_ds])
+        train_features = features.feature_datasets(train_x, train_y, batch, training=True, seed=seed)
+        val_features = features.feature_datasets(val_x, val_y, batch, training=False, seed=seed)
         self._fit(model_lib.head_of(self.classifier), phase, first, train_features, val_features, extra_callbacks)
 
     def _fit(self, model, phase, first, train_ds, val_ds, extra_callbacks):
@@ -232,20 +231,25 @@ class _Run:
             self.log(f"Restored the {phase.name} optimizer state of epoch {self.run_dir.state.completed_epochs}")
         self.last_optimizer = model.optimizer
         stopper = callbacks.StopOnNonFiniteLoss()
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            shuffle=False,  # the pipeline shuffles, every epoch
-            initial_epoch=first,
-            epochs=phase.end_epoch,
-            verbose=self.config.verbose,
-            callbacks=[
-                stopper,
-                callbacks.EpochRecorder(self.run_dir, self.classifier, phase.name, self.clock),
-                keras.callbacks.TensorBoard(log_dir=self.run_dir.file("tensorboard")),
-                *extra_callbacks,
-            ],
-        )
+        try:
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                shuffle=False,  # the pipeline shuffles, every epoch
+                initial_epoch=first,
+                epochs=phase.end_epoch,
+                verbose=self.config.verbose,
+                callbacks=[
+                    stopper,
+                    callbacks.EpochRecorder(self.run_dir, self.classifier, phase.name, self.clock),
+                    keras.callbacks.TensorBoard(log_dir=self.run_dir.file("tensorboard")),
+                    *extra_callbacks,
+                ],
+            )
+        finally:
+            # Written per phase, not per epoch: the checkpoint keeps the best
+            # weights, so a killed run loses nothing and finish() rewrites it.
+            self.run_dir.save_best_model(self.classifier, self.run_dir.file(BEST_MODEL))
         if stopper.stopped_at_epoch is not None:
             state = self.run_dir.state
             kept = f"epoch {state.best_epoch} is kept in best.keras" if state.best_epoch else "no epoch finished"
@@ -263,14 +267,9 @@ class _Run:
             model_lib.compile_classifier(self.classifier, self.metadata.num_classes, optimizer)
         self.classifier.save(run_dir.file(FINAL_MODEL))
         self.classifier.export(run_dir.file(EXPORT_DIR), verbose=False)
-        best_path = run_dir.file(callbacks.BEST_MODEL)
         test_loss = test_accuracy = None
         if config.test_split:
-            if os.path.exists(best_path):
-                with warnings.catch_warnings():
-                    # best.keras may hold the other phase's optimizer; only its weights are wanted here.
-                    warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-                    self.classifier.load_weights(best_path)
+            run_dir.load_best(self.classifier)  # test metrics are the best checkpoint's
             test_ds = pipeline.build(self.source, config.test_split, config.pipeline, training=False)
             scores = self.classifier.evaluate(test_ds, verbose=0, return_dict=True)
             test_loss, test_accuracy = float(scores["loss"]), float(scores["accuracy"])

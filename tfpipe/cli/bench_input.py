@@ -17,10 +17,11 @@ from absl import flags
 
 from tfpipe import augment, bench, paths
 from tfpipe.cli import data_flags, errors
-from tfpipe.data import pipeline, sources
+from tfpipe.data import pipeline, sources, splits
 from tfpipe.errors import TfpipeError
 
 FLAGS = flags.FLAGS
+FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's own
 
 flags.DEFINE_integer("epochs", 3, "Epochs per pipeline: one cold, the rest warm (at least 2).")
 flags.DEFINE_integer("max_batches", None, "Use only the first max_batches x batch_size images of the split.")
@@ -44,6 +45,7 @@ def run() -> dict:
         raise TfpipeError(f"--epochs={FLAGS.epochs}: need at least 2, one cold and one warm")
     if FLAGS.max_batches is not None and FLAGS.max_batches <= 0:
         raise TfpipeError(f"--max_batches={FLAGS.max_batches} must be positive")
+    splits.parse(FLAGS.train_split, flag="train_split")
     config = data_flags.pipeline_config()
     steps = data_flags.augment_steps()
     augmentation = (

@@ -33,7 +33,13 @@ def launch(module_name: str) -> None:
     """Runs `module_name`.main under absl, with the process set up for tfpipe."""
     module = importlib.import_module(module_name)
     limit_malloc_arenas()
-    from absl import app
+    from absl import app, flags
+
+    # --help prints the main module's docstring and flags; ours live in tfpipe.cli.
+    sys.modules["__main__"].__doc__ = module.__doc__
+    for name in (module_name, *getattr(module, "FLAG_MODULES", ())):
+        for flag in flags.FLAGS.get_flags_for_module(name):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
     app.run(module.main, argv=sys.argv, flags_parser=_parse_flags)
 

@@ -19,6 +19,7 @@ from tfpipe.cli import data_flags, errors
 from tfpipe.train import TrainConfig, train
 
 FLAGS = flags.FLAGS
+FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's own
 
 flags.DEFINE_enum("backbone", "mobilenet_v2", list(backbones.BACKBONES), "Pretrained base.")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV2 width multiplier.")
