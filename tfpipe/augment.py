@@ -29,72 +29,71 @@ _FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 @dataclasses.dataclass(frozen=True)
 class _Kind:
     default: str
+    check: object  # text -> value, or TfpipeError
     make: object  # (value, seed, dtype) -> keras layer
-    help: str
 
 
-def _factor(name, text, upper):
-    try:
-        value = float(text)
-    except ValueError:
-        raise TfpipeError(f"--augment: {name}={text!r} needs a number, e.g. {name}={AUGMENTATIONS[name].default}") from None
-    if not 0.0 < value <= upper:
-        raise TfpipeError(f"--augment: {name}={text} is out of range; use a factor in (0, {upper}]")
-    return value
+def _factor(name, upper):
+    def check(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise TfpipeError(
+                f"--augment: {name}={text!r} needs a number, e.g. {name}={AUGMENTATIONS[name].default}"
+            ) from None
+        if not 0.0 < value <= upper:
+            raise TfpipeError(f"--augment: {name}={text} is out of range; use a factor in (0, {upper}]")
+        return value
+
+    return check
 
 
-def _flip(text, seed, dtype):
+def _flip_mode(text):
     if text not in _FLIP_MODES:
         raise TfpipeError(f"--augment: flip={text!r} is not a flip mode; use one of {', '.join(_FLIP_MODES)}")
-    return keras.layers.RandomFlip(text, seed=seed, dtype=dtype)
+    return text
 
 
 AUGMENTATIONS = {
-    "flip": _Kind("horizontal", _flip, "RandomFlip: horizontal, vertical or horizontal_and_vertical"),
+    # RandomFlip: horizontal, vertical or horizontal_and_vertical
+    "flip": _Kind("horizontal", _flip_mode, lambda mode, seed, dtype: keras.layers.RandomFlip(mode, seed=seed, dtype=dtype)),
+    # RandomRotation: a fraction of a full turn, either way
     "rotation": _Kind(
         "0.2",
-        lambda text, seed, dtype: keras.layers.RandomRotation(
-            _factor("rotation", text, 1.0), fill_mode="reflect", seed=seed, dtype=dtype
-        ),
-        "RandomRotation: a fraction of a full turn, either way",
+        _factor("rotation", 1.0),
+        lambda f, seed, dtype: keras.layers.RandomRotation(f, fill_mode="reflect", seed=seed, dtype=dtype),
     ),
+    # RandomZoom: a fraction of the size, in or out
     "zoom": _Kind(
         "0.1",
-        lambda text, seed, dtype: keras.layers.RandomZoom(
-            _factor("zoom", text, 0.9), fill_mode="reflect", seed=seed, dtype=dtype
-        ),
-        "RandomZoom: a fraction of the size, in or out",
+        _factor("zoom", 0.9),
+        lambda f, seed, dtype: keras.layers.RandomZoom(f, fill_mode="reflect", seed=seed, dtype=dtype),
     ),
+    # RandomContrast: a fraction, either way
     "contrast": _Kind(
         "0.2",
-        lambda text, seed, dtype: keras.layers.RandomContrast(
-            _factor("contrast", text, 1.0), value_range=(0, 255), seed=seed, dtype=dtype
-        ),
-        "RandomContrast: a fraction, either way",
+        _factor("contrast", 1.0),
+        lambda f, seed, dtype: keras.layers.RandomContrast(f, value_range=(0, 255), seed=seed, dtype=dtype),
     ),
+    # RandomTranslation: a fraction of the size, both axes
     "translation": _Kind(
         "0.1",
-        lambda text, seed, dtype: keras.layers.RandomTranslation(
-            _factor("translation", text, 1.0),
-            _factor("translation", text, 1.0),
-            fill_mode="reflect",
-            seed=seed,
-            dtype=dtype,
-        ),
-        "RandomTranslation: a fraction of the size, both axes",
+        _factor("translation", 1.0),
+        lambda f, seed, dtype: keras.layers.RandomTranslation(f, f, fill_mode="reflect", seed=seed, dtype=dtype),
     ),
+    # RandomBrightness: a fraction of the value range, either way
     "brightness": _Kind(
         "0.2",
-        lambda text, seed, dtype: keras.layers.RandomBrightness(
-            _factor("brightness", text, 1.0), value_range=(0, 255), seed=seed, dtype=dtype
-        ),
-        "RandomBrightness: a fraction of the value range, either way",
+        _factor("brightness", 1.0),
+        lambda f, seed, dtype: keras.layers.RandomBrightness(f, value_range=(0, 255), seed=seed, dtype=dtype),
     ),
 }
 
 
 def parse(spec: str) -> tuple[tuple[str, str], ...]:
-    """The (name, value) steps of an --augment spec; () for 'none'. Raises TfpipeError."""
+    """The (name, value) steps of an --augment spec; () for 'none'. Raises TfpipeError.
+
+    Only parses: no TensorFlow object is made (MultiWorkerMirroredStrategy must come first)."""
     spec = (spec or "").strip()
     if spec.lower() in ("none", ""):
         return ()
@@ -107,8 +106,9 @@ def parse(spec: str) -> tuple[tuple[str, str], ...]:
                 f"--augment: unknown augmentation {name!r}; use 'none' or a comma-separated list of "
                 f"{', '.join(AUGMENTATIONS)} (e.g. {DEFAULT_AUGMENT})"
             )
-        steps.append((name, value.strip() or AUGMENTATIONS[name].default))
-    build(tuple(steps))  # validates every value now, not when the model is built
+        value = value.strip() or AUGMENTATIONS[name].default
+        AUGMENTATIONS[name].check(value)  # now, not when the model is built
+        steps.append((name, value))
     return tuple(steps)
 
 
@@ -122,7 +122,7 @@ def build(
     if not steps:
         return None
     layers = [
-        AUGMENTATIONS[name].make(value, None if seed is None else seed + i, dtype)
+        AUGMENTATIONS[name].make(AUGMENTATIONS[name].check(value), None if seed is None else seed + i, dtype)
         for i, (name, value) in enumerate(steps)
     ]
     return keras.Sequential(layers, name="augmentation")

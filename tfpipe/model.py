@@ -92,15 +92,47 @@ class TransferClassifier(keras.Model):
         loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
         return self._metrics_after_step(x, y, y_pred, sample_weight, loss)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 (TF backend) builds a distributed model from its first batch,
+        # first reducing that batch across replicas, only to learn its shapes.
+        # Under MultiWorkerMirroredStrategy the reduce of an (x, y) structure
+        # fails ("Attempt to convert a value (PerReplica...)", keras-team/keras
+        # #20585), and under MirroredStrategy it fails when a replica's share of
+        # a last, partial batch is empty. One replica's share has the shapes.
+        if iterator is not None and getattr(self, "_distribute_strategy", None) is not None:
+            for _, _, batches in iterator:
+                data_batch = _one_replica(next(batches))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _metrics_after_step(self, x, y, y_pred, sample_weight, loss):
         # compute_loss divided by the number of replicas so gradients sum right
         # across them; the "loss" metric reports the per-example mean.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        strategy = tf.distribute.get_strategy()
         batch_size = ops.shape(y_pred)[0]
         for metric in self.metrics:
             if metric.name == "loss":
-                metric.update_state(loss * replicas, sample_weight=batch_size)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+                metric.update_state(loss * strategy.num_replicas_in_sync, sample_weight=batch_size)
+        results = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras averages step results across workers with reduce(MEAN, axis=0),
+            # which fails on scalars (keras-team/keras#20585); as shape [1] they
+            # average to the same scalar.
+            results = {name: ops.reshape(value, [1]) for name, value in results.items()}
+        return results
+
+
+def _one_replica(batch):
+    """The first local replica's share of a (nested) distributed batch."""
+    # By hand: tf.nest and keras.tree both see into PerReplica values.
+    if isinstance(batch, tf.distribute.DistributedValues):
+        return batch.values[0]
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_one_replica(item) for item in batch)
+    if isinstance(batch, dict):
+        return {key: _one_replica(item) for key, item in batch.items()}
+    return batch
 
 
 def build_classifier(

@@ -15,14 +15,17 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Callable
 
 import keras
+import tensorflow as tf
 
-from tfpipe import augment, backbones, callbacks, features, finetune, paths, report
+from tfpipe import augment, backbones, callbacks, distribute, features, finetune, paths, report
 from tfpipe import model as model_lib
 from tfpipe.data import pipeline, sources, splits
 from tfpipe.data.builders import EMBEDDED_DATASET
+from tfpipe.data.service import DataService
 from tfpipe.errors import TfpipeError
 from tfpipe.run_state import RunDirectory, write_json_atomic
 
@@ -57,12 +60,18 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     fast_feature_extraction: bool = True
+    strategy: str = "auto"
+    data_service: str | None = None  # grpc://HOST:PORT of a tf.data service dispatcher
+    data_service_sharding: str = "off"
     overwrite: bool = False
     verbose: int | str = "auto"
 
     def fingerprint(self) -> dict:
         """What decides the run's result: a model_dir only resumes a run with the same values."""
-        ignored = {"model_dir", "data_dir", "overwrite", "verbose", "pipeline"}
+        # Where a run computes (devices, workers, the data service) is not part of
+        # what it computes: a run can resume on other hardware.
+        ignored = {"model_dir", "data_dir", "overwrite", "verbose", "pipeline", "strategy", "data_service",
+                   "data_service_sharding"}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ignored}
         values.update({f"pipeline.{k}": v for k, v in dataclasses.asdict(self.pipeline).items() if k != "cache"})
         return json.loads(json.dumps(values))  # as it reads back from state.json
@@ -96,6 +105,12 @@ class TrainConfig:
             )
         if self.pipeline.cache not in (pipeline.CACHE_MEMORY, pipeline.CACHE_NONE):
             paths.ensure_writable_dir(self.pipeline.cache, flag="cache")
+        if self.strategy not in distribute.STRATEGIES:
+            raise TfpipeError(f"--strategy={self.strategy!r}: use one of {', '.join(distribute.STRATEGIES)}")
+        self.service()
+
+    def service(self) -> DataService | None:
+        return DataService(self.data_service, self.data_service_sharding) if self.data_service else None
 
     @property
     def uses_fast_feature_extraction(self) -> bool:
@@ -109,19 +124,33 @@ def is_embedded(dataset: str) -> bool:
 def train(
     config: TrainConfig,
     *,
+    strategy: tf.distribute.Strategy | None = None,
     extra_callbacks: tuple = (),
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Runs (or resumes) the two-phase fine-tuning; returns what results.json holds."""
+    """Runs (or resumes) the two-phase fine-tuning; returns what results.json holds.
+
+    strategy: overrides config.strategy (e.g. a MirroredStrategy over chosen devices).
+    """
     started = time.monotonic()
     config.validate()
-    run_dir = RunDirectory(config.model_dir, config.fingerprint(), overwrite=config.overwrite)
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
+    strategy = strategy or distribute.make_strategy(config.strategy)
+    placement = distribute.Placement.of(strategy)
+    model_dir = config.model_dir
+    if not placement.is_chief:
+        # Other workers compute the same model; their files go aside, as Keras advises.
+        model_dir = os.path.join(config.model_dir, "workers", placement.task)
+    run_dir = RunDirectory(model_dir, config.fingerprint(), overwrite=config.overwrite)
     weights = backbones.resolve_weights(config.weights, embedded_dataset=is_embedded(config.dataset))
     log(f"Weights: {_describe_weights(config.weights, weights)}")
+    if placement.num_replicas > 1 or placement.task:
+        log(f"Strategy: {type(strategy).__name__}, {placement.num_replicas} replicas" + (
+            f"; this is {placement.task}{' (chief)' if placement.is_chief else ''}" if placement.task else ""))
     if run_dir.resumed:
         log(f"Resuming {run_dir.path} after epoch {run_dir.state.completed_epochs}")
     with _dtype_policy("mixed_float16" if config.mixed_precision else None):
-        run = _Run(config, run_dir, weights, log)
+        run = _Run(config, run_dir, weights, strategy, placement, log)
         run.fit_phases(extra_callbacks)
         return run.finish(time.monotonic() - started)
 
@@ -129,13 +158,16 @@ def train(
 class _Run:
     """The state of one train() call; phases share the model, data and directory."""
 
-    def __init__(self, config: TrainConfig, run_dir: RunDirectory, weights, log):
+    def __init__(self, config: TrainConfig, run_dir: RunDirectory, weights, strategy, placement, log):
         self.config, self.run_dir, self.weights_used, self.log = config, run_dir, weights, log
+        self.strategy, self.placement, self.service = strategy, placement, config.service()
+        distribute.per_replica_batch(config.pipeline.batch_size, placement.num_replicas)
         if config.pipeline.seed is not None:
             keras.utils.set_random_seed(config.pipeline.seed)  # before any weight is created
         sources.check_spec(config.dataset, config.data_dir)  # a typo fails before weights load
         self.backbone = backbones.get(config.backbone)
-        self.base = self.backbone.build_base(config.pipeline.image_size, weights, config.alpha)
+        with strategy.scope():
+            self.base = self.backbone.build_base(config.pipeline.image_size, weights, config.alpha)
         self.fine_tune_index = finetune.resolve_fine_tune_at(self.base, config.fine_tune_at)
 
         self.source = sources.open_source(config.dataset, config.data_dir)
@@ -151,17 +183,18 @@ class _Run:
         augmentation = augment.build(steps, seed=config.pipeline.seed, dtype="float32")
         in_model = augmentation if config.augment_on == "model" else None
         self.pipeline_augmentation = augmentation if config.augment_on == "pipeline" else None
-        self.classifier = model_lib.build_classifier(
-            self.backbone,
-            self.base,
-            config.pipeline.image_size,
-            self.metadata.num_classes,
-            dropout=config.dropout,
-            augmentation=in_model,
-            seed=config.pipeline.seed,
-        )
+        with strategy.scope():
+            self.classifier = model_lib.build_classifier(
+                self.backbone,
+                self.base,
+                config.pipeline.image_size,
+                self.metadata.num_classes,
+                dropout=config.dropout,
+                augmentation=in_model,
+                seed=config.pipeline.seed,
+            )
         self.trainable_counts = self._count_trainable()
-        self.val_ds = pipeline.build(self.source, config.val_split, config.pipeline, training=False)
+        self.val_ds = self._dataset(config.val_split, training=False)
         self.clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
         self.last_optimizer = None
         if weights is None and not run_dir.resumed:
@@ -203,49 +236,72 @@ class _Run:
             finally:
                 self.clock.stop()
 
+    def _dataset(self, split: str, *, training: bool, epoch_offset: int = 0):
+        """`split` as model.fit takes it under the run's strategy, from the data service if one is set."""
+
+        def make(batch_size, shard):
+            return pipeline.build(
+                self.source,
+                split,
+                dataclasses.replace(self.config.pipeline, batch_size=batch_size),
+                training=training,
+                augmentation=self.pipeline_augmentation if training else None,
+                shard=shard,
+                epoch_offset=epoch_offset,
+                service=self.service,
+            )
+
+        return distribute.distributed(self.strategy, make, self.config.pipeline.batch_size)
+
     def _fit_end_to_end(self, phase, first, extra_callbacks):
-        train_ds = pipeline.build(
-            self.source,
-            self.config.train_split,
-            self.config.pipeline,
-            training=True,
-            augmentation=self.pipeline_augmentation,
-            epoch_offset=first,
-        )
+        train_ds = self._dataset(self.config.train_split, training=True, epoch_offset=first)
         self._fit(self.classifier, phase, first, train_ds, self.val_ds, extra_callbacks)
 
     def _fit_head_on_features(self, phase, first, extra_callbacks):
         self.log("Fast feature extraction: running the frozen base once over the training and validation data")
-        plain_train = pipeline.build(self.source, self.config.train_split, self.config.pipeline, training=False)
+        # Every worker extracts from all the data, locally; the head's fit distributes the features.
+        local = [
+            pipeline.build(self.source, split, self.config.pipeline, training=False)
+            for split in (self.config.train_split, self.config.val_split)
+        ]
         seed = self.config.pipeline.seed
         batch = self.config.pipeline.batch_size
-        (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, [plain_train, self.val_ds])
+        (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local)
         train_features = features.feature_datasets(train_x, train_y, batch, training=True, seed=seed)
         val_features = features.feature_datasets(val_x, val_y, batch, training=False, seed=seed)
-        self._fit(model_lib.head_of(self.classifier), phase, first, train_features, val_features, extra_callbacks)
+        with self.strategy.scope():  # Keras gives a model the strategy it is created under
+            head = model_lib.head_of(self.classifier)
+        self._fit(head, phase, first, train_features, val_features, extra_callbacks)
 
     def _fit(self, model, phase, first, train_ds, val_ds, extra_callbacks):
-        optimizer = model_lib.make_optimizer(self.config.optimizer, phase.learning_rate)
-        model_lib.compile_classifier(model, self.metadata.num_classes, optimizer, jit_compile=self.config.jit_compile)
-        if self.run_dir.restore_optimizer(model.optimizer, model.trainable_variables, phase.name):
+        with self.strategy.scope():
+            optimizer = model_lib.make_optimizer(self.config.optimizer, phase.learning_rate)
+            model_lib.compile_classifier(
+                model, self.metadata.num_classes, optimizer, jit_compile=self.config.jit_compile
+            )
+            restored = self.run_dir.restore_optimizer(model.optimizer, model.trainable_variables, phase.name)
+        if restored:
             self.log(f"Restored the {phase.name} optimizer state of epoch {self.run_dir.state.completed_epochs}")
         self.last_optimizer = model.optimizer
         stopper = callbacks.StopOnNonFiniteLoss()
         try:
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                shuffle=False,  # the pipeline shuffles, every epoch
-                initial_epoch=first,
-                epochs=phase.end_epoch,
-                verbose=self.config.verbose,
-                callbacks=[
-                    stopper,
-                    callbacks.EpochRecorder(self.run_dir, self.classifier, phase.name, self.clock),
-                    keras.callbacks.TensorBoard(log_dir=self.run_dir.file("tensorboard")),
-                    *extra_callbacks,
-                ],
-            )
+            with warnings.catch_warnings():
+                # Keras warns at the end of every input of unknown size, which distributed inputs are.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    shuffle=False,  # the pipeline shuffles, every epoch
+                    initial_epoch=first,
+                    epochs=phase.end_epoch,
+                    verbose=self.config.verbose,
+                    callbacks=[
+                        stopper,
+                        callbacks.EpochRecorder(self.run_dir, self.classifier, phase.name, self.clock),
+                        keras.callbacks.TensorBoard(log_dir=self.run_dir.file("tensorboard")),
+                        *extra_callbacks,
+                    ],
+                )
         finally:
             # Written per phase, not per epoch: the checkpoint keeps the best
             # weights, so a killed run loses nothing and finish() rewrites it.
@@ -263,14 +319,16 @@ class _Run:
         if not self.classifier.compiled:
             # Only the head was fit (fast feature extraction), or nothing was left to
             # fit: final.keras gets the optimizer that trained last, state and all.
-            optimizer = self.last_optimizer or model_lib.make_optimizer(config.optimizer, config.learning_rate)
-            model_lib.compile_classifier(self.classifier, self.metadata.num_classes, optimizer)
+            with self.strategy.scope():
+                optimizer = self.last_optimizer or model_lib.make_optimizer(config.optimizer, config.learning_rate)
+                model_lib.compile_classifier(self.classifier, self.metadata.num_classes, optimizer)
         self.classifier.save(run_dir.file(FINAL_MODEL))
-        self.classifier.export(run_dir.file(EXPORT_DIR), verbose=False)
+        if self.placement.is_chief:
+            self.classifier.export(run_dir.file(EXPORT_DIR), verbose=False)
         test_loss = test_accuracy = None
         if config.test_split:
             run_dir.load_best(self.classifier)  # test metrics are the best checkpoint's
-            test_ds = pipeline.build(self.source, config.test_split, config.pipeline, training=False)
+            test_ds = self._dataset(config.test_split, training=False)
             scores = self.classifier.evaluate(test_ds, verbose=0, return_dict=True)
             test_loss, test_accuracy = float(scores["loss"]), float(scores["accuracy"])
         phase_seconds = self.clock.snapshot()
@@ -298,7 +356,8 @@ class _Run:
         }
         write_json_atomic(run_dir.file("results.json"), results)
         write_json_atomic(run_dir.file("history.json"), state.history)
-        report.plot_history(state.history, run_dir.file("training_curves.png"))
+        if self.placement.is_chief:
+            report.plot_history(state.history, run_dir.file("training_curves.png"))
         return results
 
 

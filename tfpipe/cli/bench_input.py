@@ -47,6 +47,7 @@ def run() -> dict:
         raise TfpipeError(f"--max_batches={FLAGS.max_batches} must be positive")
     splits.parse(FLAGS.train_split, flag="train_split")
     config = data_flags.pipeline_config()
+    data_flags.data_service()  # a malformed address fails now
     steps = data_flags.augment_steps()
     augmentation = (
         augment.build(steps, seed=FLAGS.seed) if augment.check_placement(FLAGS.augment_on) == "pipeline" else None
@@ -69,8 +70,15 @@ def run() -> dict:
     bench.run_epoch(source.encoded(FLAGS.train_split).take(num_images).batch(256))
     idle_rss = bench.current_rss_mb()
 
+    data_service = data_flags.data_service()
     tfpipe_ds = pipeline.build(
-        source, FLAGS.train_split, config, training=True, augmentation=augmentation, max_examples=max_examples
+        source,
+        FLAGS.train_split,
+        config,
+        training=True,
+        augmentation=augmentation,
+        max_examples=max_examples,
+        service=data_service,
     )
     tfpipe_epochs = _measure("tfpipe", tfpipe_ds, FLAGS.epochs, num_images, config.batch_size)
     tfpipe_peak = bench.peak_rss_mb()
@@ -88,6 +96,8 @@ def run() -> dict:
         "epochs": FLAGS.epochs,
         "jpeg_dct_scaling": config.jpeg_dct_scaling,
         "augment_in_pipeline": augmentation is not None,
+        "data_service": FLAGS.data_service,
+        "data_service_sharding": FLAGS.data_service_sharding if FLAGS.data_service else None,
         "epochs_reshuffled": reshuffled,
         "peak_rss_mb": round(tfpipe_peak, 1),
         "idle_rss_mb": round(idle_rss, 1),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from absl import flags
 
 from tfpipe import augment
-from tfpipe.data import pipeline, sources
+from tfpipe.data import pipeline, service, sources
 
 FLAGS = flags.FLAGS
 
@@ -36,6 +36,13 @@ flags.DEFINE_boolean(
 )
 flags.DEFINE_string("augment", augment.DEFAULT_AUGMENT, "Augmentation layers: NAME[=VALUE],... or none.")
 flags.DEFINE_enum("augment_on", "model", augment.PLACEMENTS, "Run augmentation in the model or in the pipeline.")
+flags.DEFINE_string(
+    "data_service", None, "grpc://HOST:PORT of a tf.data service dispatcher: preprocess there instead of here."
+)
+flags.DEFINE_enum(
+    "data_service_sharding", "off", ["off", "dynamic"],
+    "off: every worker runs the whole pipeline; dynamic: each example once per epoch.",
+)
 
 
 def pipeline_config() -> pipeline.PipelineConfig:
@@ -51,3 +58,7 @@ def pipeline_config() -> pipeline.PipelineConfig:
 
 def augment_steps() -> tuple[tuple[str, str], ...]:
     return augment.parse(FLAGS.augment)
+
+
+def data_service():
+    return service.DataService(FLAGS.data_service, FLAGS.data_service_sharding) if FLAGS.data_service else None

@@ -14,7 +14,7 @@ import os
 
 from absl import flags
 
-from tfpipe import backbones, model
+from tfpipe import backbones, distribute, model
 from tfpipe.cli import data_flags, errors
 from tfpipe.train import TrainConfig, train
 
@@ -37,6 +37,10 @@ flags.DEFINE_boolean("mixed_precision", False, "Compute in float16 with loss sca
 flags.DEFINE_boolean("jit_compile", False, "Compile the training step with XLA.")
 flags.DEFINE_boolean(
     "fast_feature_extraction", True, "With --augment=none, run the frozen base once and train the head on its features."
+)
+flags.DEFINE_enum(
+    "strategy", "auto", list(distribute.STRATEGIES),
+    "auto (mirrored when more than one GPU is visible), one_device, mirrored, or multi_worker (reads TF_CONFIG).",
 )
 flags.DEFINE_string("model_dir", None, "Output folder; default: a new runs/YYYYmmdd-HHMMSS. Reuse it to resume.")
 flags.DEFINE_boolean("overwrite", False, "Replace what --model_dir holds instead of resuming it.")
@@ -67,6 +71,9 @@ def config_from_flags() -> TrainConfig:
         mixed_precision=FLAGS.mixed_precision,
         jit_compile=FLAGS.jit_compile,
         fast_feature_extraction=FLAGS.fast_feature_extraction,
+        strategy=FLAGS.strategy,
+        data_service=FLAGS.data_service,
+        data_service_sharding=FLAGS.data_service_sharding,
         overwrite=FLAGS.overwrite,
     )
 

@@ -105,6 +105,7 @@ def build(
     shard: tuple[int, int] | None = None,
     epoch_offset: int = 0,
     max_examples: int | None = None,
+    service=None,
 ) -> tf.data.Dataset:
     """Batches of (uint8 images [B, S, S, 3], int64 labels [B]) from `split` of `source`.
 
@@ -117,8 +118,10 @@ def build(
       seeded run does not replay the first epoch's order after a restart.
     max_examples: use only the first examples of the split (a bounded benchmark);
       the cache then holds exactly them.
+    service: a tfpipe.data.service.DataService: everything before prefetch runs
+      on its workers, without a cache (it would not outlive the epoch there).
     """
-    dataset = source.encoded(split)
+    dataset = source.encoded(split, whole=service is None or not service.dynamic)
     if shard is not None:
         dataset = dataset.shard(*shard)
     if max_examples is not None:
@@ -128,9 +131,10 @@ def build(
         lambda encoded, label: (decode_and_resize(encoded, size, config.jpeg_dct_scaling), label),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    dataset = _cache(dataset, config, source.name, split, shard, max_examples)
+    if service is None:
+        dataset = _cache(dataset, config, source.name, split, shard, max_examples)
     if training:
-        buffer = config.shuffle_buffer or _num_elements(dataset)
+        buffer = config.shuffle_buffer or _split_size(source, split, shard, max_examples)
         seed = None if config.seed is None else config.seed + epoch_offset
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     # A plain batch(): copying uint8 images is cheap, and a parallel batch's extra
@@ -141,6 +145,8 @@ def build(
             lambda images, labels: (augment_to_uint8(augmentation, images), labels),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    if service is not None:
+        dataset = service.distribute(dataset)
     return dataset.prefetch(PREFETCH_BATCHES).with_options(pipeline_options(config.seed))
 
 
@@ -166,10 +172,13 @@ def pipeline_options(seed: int | None) -> tf.data.Options:
     return options
 
 
-def _num_elements(dataset: tf.data.Dataset) -> int:
-    count = int(dataset.cardinality())
-    if count < 0:
-        raise TfpipeError("--shuffle_buffer=0 (whole split) needs a split of known size; give a buffer size instead")
+def _split_size(source, split, shard, max_examples) -> int:
+    """Examples this pipeline reads: the whole-split shuffle buffer."""
+    count = source.count(split)
+    if max_examples is not None:
+        count = min(count, max_examples)
+    if shard is not None:
+        count = -(-count // shard[0])
     return max(count, 1)
 
 

@@ -48,8 +48,12 @@ class Source(abc.ABC):
         return splits.count(splits.resolve(split, self.split_sizes(), flag=flag))
 
     @abc.abstractmethod
-    def encoded(self, split: str, *, parallel: bool = True) -> tf.data.Dataset:
-        """(encoded image: tf.string, label: tf.int64) for `split`, in a fixed order."""
+    def encoded(self, split: str, *, parallel: bool = True, whole: bool = True) -> tf.data.Dataset:
+        """(encoded image: tf.string, label: tf.int64) for `split`, in a fixed order.
+
+        whole=False: the reader may be handed only part of the split (tf.data
+        service's dynamic sharding), so it must not insist on seeing all of it.
+        """
 
 
 class TfdsSource(Source):
@@ -71,13 +75,14 @@ class TfdsSource(Source):
     def split_sizes(self) -> dict[str, int]:
         return {name: info.num_examples for name, info in self._builder.info.splits.items()}
 
-    def encoded(self, split: str, *, parallel: bool = True) -> tf.data.Dataset:
+    def encoded(self, split: str, *, parallel: bool = True, whole: bool = True) -> tf.data.Dataset:
         serial = None if parallel else 1
         read_config = tfds.ReadConfig(
             try_autocache=False,  # tfpipe decides where to cache, after resizing
             skip_prefetch=True,  # prefetch belongs at the end of the pipeline
             num_parallel_calls_for_decode=serial,
             num_parallel_calls_for_interleave_files=tf.data.AUTOTUNE if parallel else 1,
+            assert_cardinality=whole,
         )
         dataset = self._builder.as_dataset(
             split=split,
@@ -102,7 +107,8 @@ class FolderSource(Source):
     def split_sizes(self) -> dict[str, int]:
         return {name: len(paths) for name, (paths, _) in self._index.splits.items()}
 
-    def encoded(self, split: str, *, parallel: bool = True) -> tf.data.Dataset:
+    def encoded(self, split: str, *, parallel: bool = True, whole: bool = True) -> tf.data.Dataset:
+        del whole  # a list of files splits cleanly under any sharding
         paths, labels = [], []
         for part in splits.resolve(split, self.split_sizes()):
             split_paths, split_labels = self._index.splits[part.split]

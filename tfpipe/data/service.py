@@ -1,0 +1,103 @@
+"""tf.data service: run the pipeline's preprocessing on remote workers.
+
+A dispatcher (fault tolerant, journaling to a work directory) hands the
+pipeline to its workers; the trainer only receives finished batches.
+
+    sharding "off"      every worker runs the whole pipeline: each epoch the
+                        trainer gets one copy of the data per worker (for
+                        augmentation-heavy training, where epochs are nominal)
+    sharding "dynamic"  the dispatcher hands out pieces of the input; each
+                        example is seen exactly once per epoch
+
+Caches do not carry over between epochs on the service (each epoch is a new job
+on the workers), so pipelines run there decode every epoch, spread over workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+
+import tensorflow as tf
+
+from tfpipe.errors import TfpipeError
+
+SHARDING = {"off": tf.data.experimental.service.ShardingPolicy.OFF,
+            "dynamic": tf.data.experimental.service.ShardingPolicy.DYNAMIC}
+# Seconds to wait for the dispatcher to accept the pipeline before giving up.
+REGISTER_SECONDS = 10.0
+_ADDRESS = re.compile(r"^grpc://[^:/\s]+:\d+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataService:
+    address: str  # grpc://HOST:PORT of the dispatcher
+    sharding: str = "off"
+
+    def __post_init__(self):
+        if not _ADDRESS.match(self.address):
+            raise TfpipeError(f"--data_service={self.address!r}: give the dispatcher as grpc://HOST:PORT")
+        if self.sharding not in SHARDING:
+            raise TfpipeError(f"--data_service_sharding={self.sharding!r}: use off or dynamic")
+
+    @property
+    def dynamic(self) -> bool:
+        return self.sharding == "dynamic"
+
+    def distribute(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """`dataset` computed on the service: registered first, so a dispatcher that
+        does not answer, or a pipeline it cannot run, fails here with the reason."""
+        options = tf.data.Options()
+        # The workers rebuild the pipeline from its serialized graph: anything it
+        # captures from this process (a variable, a Python function) cannot go along.
+        options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.FAIL
+        dataset = dataset.with_options(options)
+        dataset_id = self._register(dataset)
+        return tf.data.experimental.service.from_dataset_id(
+            processing_mode=SHARDING[self.sharding],
+            service=self.address,
+            dataset_id=dataset_id,
+            element_spec=dataset.element_spec,
+        )
+
+    def _register(self, dataset):
+        outcome = {}
+
+        def register():
+            try:
+                outcome["id"] = tf.data.experimental.service.register_dataset(self.address, dataset)
+            except Exception as error:  # noqa: BLE001 - reported below with the reason
+                outcome["error"] = error
+
+        # register_dataset retries an unreachable dispatcher for a long time.
+        thread = threading.Thread(target=register, daemon=True)
+        thread.start()
+        thread.join(REGISTER_SECONDS)
+        if "error" in outcome:
+            reason = re.sub(r"\{\{[^}]*\}\}\s*", "", " ".join(str(outcome["error"]).split()))[:400]
+            raise TfpipeError(
+                f"tf.data service cannot run this pipeline: {reason}. Pipelines that capture state from the "
+                "trainer (Keras augmentation layers in tf.data keep random-seed variables) cannot go to the "
+                "service; use --augment_on=model"
+            )
+        if "id" not in outcome:
+            raise TfpipeError(
+                f"the tf.data service dispatcher at {self.address} did not answer within {REGISTER_SECONDS:.0f} s; "
+                "start it with `data_service --role=dispatcher --port=PORT` (and workers) or fix --data_service"
+            )
+        return outcome["id"]
+
+
+def start_dispatcher(port: int, work_dir: str) -> tf.data.experimental.service.DispatchServer:
+    """A fault-tolerant dispatcher: after a restart it recovers its state from work_dir."""
+    config = tf.data.experimental.service.DispatcherConfig(port=port, work_dir=work_dir, fault_tolerant_mode=True)
+    return tf.data.experimental.service.DispatchServer(config)
+
+
+def start_worker(port: int, dispatcher: str, host: str = "localhost") -> tf.data.experimental.service.WorkerServer:
+    """A worker registered with `dispatcher` (HOST:PORT), reachable by trainers at host:port."""
+    config = tf.data.experimental.service.WorkerConfig(
+        dispatcher_address=dispatcher.removeprefix("grpc://"), worker_address=f"{host}:%port%", port=port
+    )
+    return tf.data.experimental.service.WorkerServer(config)

@@ -1,0 +1,114 @@
+"""tf.distribute strategies, and datasets spread over their replicas.
+
+    auto          MirroredStrategy when more than one GPU is visible, else the default strategy
+    one_device    OneDeviceStrategy on the first GPU, or the CPU
+    mirrored      MirroredStrategy over all local GPUs (or the given devices)
+    multi_worker  MultiWorkerMirroredStrategy, configured by the TF_CONFIG environment variable
+
+Models, optimizers and metrics are created under strategy.scope(); datasets
+come from distribute_datasets_from_function, one input pipeline per worker,
+each reading its own shard and batching the per-replica share of the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+import tensorflow as tf
+
+from tfpipe.errors import TfpipeError
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+
+
+def make_strategy(name: str, devices: list[str] | None = None) -> tf.distribute.Strategy:
+    if name not in STRATEGIES:
+        raise TfpipeError(f"--strategy={name!r}: use one of {', '.join(STRATEGIES)}")
+    if name == "multi_worker":
+        # Collective ops must be configured before anything initializes TensorFlow
+        # (listing devices does), so this comes first.
+        read_tf_config()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        if strategy.cluster_resolver.task_type is None:
+            raise TfpipeError("TF_CONFIG names no task for this worker")
+        return strategy
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def read_tf_config() -> dict:
+    """TF_CONFIG, checked: a worker list and this process's task in it."""
+    raw = os.environ.get("TF_CONFIG")
+    example = (
+        'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
+    )
+    if not raw:
+        raise TfpipeError(f"--strategy=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. {example}")
+    try:
+        config = json.loads(raw)
+        workers = config["cluster"]["worker"]
+        task_type, index = config["task"]["type"], int(config["task"]["index"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise TfpipeError(f"TF_CONFIG is malformed ({type(error).__name__}: {error}); expected e.g. {example}") from None
+    if not isinstance(workers, list) or not workers or not all(isinstance(w, str) and ":" in w for w in workers):
+        raise TfpipeError(f"TF_CONFIG cluster.worker must list HOST:PORT addresses, got {workers!r}")
+    members = config["cluster"].get(task_type)
+    if task_type not in ("worker", "chief") or not isinstance(members, list) or not 0 <= index < len(members):
+        raise TfpipeError(f"TF_CONFIG task {task_type}:{index} is not in its cluster {config['cluster']}")
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where this process sits in the run: replicas, and whether it writes the outputs."""
+
+    num_replicas: int
+    is_chief: bool
+    task: str  # e.g. "worker-1"; "" on a single machine
+
+    @classmethod
+    def of(cls, strategy: tf.distribute.Strategy) -> Placement:
+        resolver = getattr(strategy, "cluster_resolver", None)
+        task_type = getattr(resolver, "task_type", None)
+        if not task_type:
+            return cls(strategy.num_replicas_in_sync, True, "")
+        index = resolver.task_id or 0
+        has_chief = "chief" in resolver.cluster_spec().as_dict()
+        chief = task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief)
+        return cls(strategy.num_replicas_in_sync, chief, f"{task_type}-{index}")
+
+
+def per_replica_batch(global_batch: int, num_replicas: int) -> int:
+    if global_batch % num_replicas:
+        raise TfpipeError(
+            f"--batch_size={global_batch} does not split evenly over {num_replicas} replicas; "
+            f"use a multiple of {num_replicas}"
+        )
+    return global_batch // num_replicas
+
+
+def distributed(
+    strategy: tf.distribute.Strategy, make_dataset: Callable[[int, tuple[int, int] | None], tf.data.Dataset], global_batch: int
+):
+    """A dataset for model.fit under `strategy`.
+
+    make_dataset(per_replica_batch, shard) builds one input pipeline; shard is
+    (pipelines, this pipeline's index) when there are several. On one replica
+    the plain dataset is returned, so Keras keeps its known size.
+    """
+    if strategy.num_replicas_in_sync == 1 and not getattr(strategy, "cluster_resolver", None):
+        return make_dataset(global_batch, None)
+
+    def dataset_fn(context: tf.distribute.InputContext):
+        shard = (context.num_input_pipelines, context.input_pipeline_id) if context.num_input_pipelines > 1 else None
+        return make_dataset(context.get_per_replica_batch_size(global_batch), shard)
+
+    per_replica_batch(global_batch, strategy.num_replicas_in_sync)  # a clear error before tf.distribute's own
+    return strategy.distribute_datasets_from_function(dataset_fn)
