@@ -88,3 +88,11 @@ def run_tool(tool: str, *args: str, timeout: float = 600, env_extra: dict | None
         timeout=timeout,
         env=env,
     )
+
+
+def assert_one_line_error(result, tool, message):
+    """Exit status 2 and exactly one `TOOL: error: ...` line holding `message`, no traceback."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{tool}: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

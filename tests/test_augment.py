@@ -24,14 +24,25 @@ def test_default_is_the_tutorials_flip_and_rotation():
 
 def test_every_kind_builds_and_none_turns_it_off():
     names = [type(layer).__name__ for layer in augment.build(augment.parse(ALL)).layers]
-    assert names == ["RandomFlip", "RandomRotation", "RandomZoom", "RandomContrast", "RandomTranslation", "RandomBrightness"]
+    assert names == [
+        "RandomFlip",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomContrast",
+        "RandomTranslation",
+        "RandomBrightness",
+    ]
     assert augment.parse("none") == () and augment.build(()) is None
 
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("blur=2", "unknown augmentation 'blur'"), ("rotation=fast", "needs a number"), ("zoom=3", "out of range"),
-     ("flip=diagonal", "not a flip mode")],
+    [
+        ("blur=2", "unknown augmentation 'blur'"),
+        ("rotation=fast", "needs a number"),
+        ("zoom=3", "out of range"),
+        ("flip=diagonal", "not a flip mode"),
+    ],
 )
 def test_bad_specs_are_clear_errors(spec, message):
     with pytest.raises(TfpipeError, match=message):
@@ -60,7 +71,7 @@ def test_in_the_model_augmentation_is_active_only_in_training():
     inference = [classifier(images, training=False).numpy() for _ in range(2)]
     np.testing.assert_array_equal(inference[0], inference[1])
     # Inside the model the augmented images feed the base; compare at the augmentation's output.
-    probe = tf.keras.Model(classifier.inputs, classifier.get_layer("augmentation").output)
+    probe = tf.keras.Model(classifier.input, classifier.get_layer("augmentation").output)
     float_images = images.astype(np.float32)
     assert not np.allclose(probe(images, training=True), float_images)
     np.testing.assert_array_equal(probe(images, training=False), float_images)

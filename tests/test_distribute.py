@@ -10,9 +10,9 @@ import time
 import keras
 import numpy as np
 import pytest
+from conftest import REPO, TINY, assert_one_line_error, run_tool
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
-from conftest import REPO, TINY, run_tool
 from tfpipe import bench, distribute
 from tfpipe.data import pipeline, service
 from tfpipe.data.pipeline import PipelineConfig
@@ -29,8 +29,9 @@ def _free_port():
 @pytest.mark.slow
 def test_mirrored_over_two_cpus_ends_with_the_weights_of_one_device(tmp_path, data_dir):
     script = os.path.join(REPO, "tests", "helpers", "mirrored_vs_one_device.py")
-    result = subprocess.run([sys.executable, script, data_dir, str(tmp_path)], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, script, data_dir, str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == {"one_device": 1, "mirrored": 2}
@@ -44,14 +45,32 @@ def test_two_workers_train_together_and_finish_with_identical_weights(tmp_path, 
     model_dir = tmp_path / "run"
     workers = []
     for index in range(2):
-        tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-        workers.append(subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "bin", "train"), "--strategy=multi_worker", f"--dataset={TINY}",
-             f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--image_size=32", "--alpha=0.35",
-             "--batch_size=8", "--seed=1", "--initial_epochs=1", "--fine_tune_epochs=1"],
-            env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        ))
+        tf_config = {
+            "cluster": {"worker": [f"localhost:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(REPO, "bin", "train"),
+                    "--strategy=multi_worker",
+                    f"--dataset={TINY}",
+                    f"--data_dir={data_dir}",
+                    f"--model_dir={model_dir}",
+                    "--image_size=32",
+                    "--alpha=0.35",
+                    "--batch_size=8",
+                    "--seed=1",
+                    "--initial_epochs=1",
+                    "--fine_tune_epochs=1",
+                ],
+                env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [worker.communicate(timeout=600) for worker in workers]
     for worker, (out, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
@@ -87,11 +106,20 @@ def test_multi_worker_needs_a_well_formed_tf_config(monkeypatch, tf_config, mess
 def test_multi_worker_without_tf_config_is_one_line_from_the_cli(tmp_path, data_dir):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "bin", "train"), "--strategy=multi_worker", f"--dataset={TINY}",
-         f"--data_dir={data_dir}", f"--model_dir={tmp_path}"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            os.path.join(REPO, "bin", "train"),
+            "--strategy=multi_worker",
+            f"--dataset={TINY}",
+            f"--data_dir={data_dir}",
+            f"--model_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
-    assert result.returncode == 2 and "train: error: --strategy=multi_worker needs the TF_CONFIG" in result.stderr
+    assert_one_line_error(result, "train", "--strategy=multi_worker needs the TF_CONFIG")
 
 
 def test_global_batch_must_split_over_replicas():
@@ -115,28 +143,39 @@ def _fingerprints(dataset):
 
 
 def test_dynamic_sharding_sees_every_example_exactly_once_per_epoch(tiny_source, local_service):
-    config = PipelineConfig(image_size=32, batch_size=4)
-    on_service = pipeline.build(tiny_source, "train", config, training=True,
-                                service=service.DataService(local_service, "dynamic"))
+    config = PipelineConfig(image_size=32, batch_size=3)
+    dynamic = service.DataService(local_service, "dynamic")
     local = sorted(_fingerprints(pipeline.build(tiny_source, "train", config, training=False)))
+    evaluation = pipeline.build(tiny_source, "train", config, training=False, service=dynamic)
+    training = pipeline.build(tiny_source, "train", config, training=True, service=dynamic)
     for _ in range(2):
-        assert sorted(_fingerprints(on_service)) == local  # all 40, none twice
+        assert sorted(_fingerprints(evaluation)) == local  # all 40, none twice
+        seen = _fingerprints(training)
+        # Training batches drop each worker's last partial batch, as drop_remainder does locally.
+        assert len(seen) == len(set(seen)) and set(seen) <= set(local) and len(seen) >= 40 - 2 * 2
 
 
 def test_sharding_off_gives_each_worker_the_whole_pipeline(tiny_source, local_service):
     config = PipelineConfig(image_size=32, batch_size=4)
-    on_service = pipeline.build(tiny_source, "train", config, training=False,
-                                service=service.DataService(local_service, "off"))
+    on_service = pipeline.build(
+        tiny_source, "train", config, training=False, service=service.DataService(local_service, "off")
+    )
     seen = _fingerprints(on_service)
     assert len(seen) == 80 and len(set(seen)) == 40
 
 
 def test_a_training_run_takes_its_batches_from_the_service(tmp_path, data_dir, local_service):
     config = TrainConfig(
-        model_dir=str(tmp_path / "run"), dataset=TINY, data_dir=data_dir,
-        pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1), alpha=0.35,
-        initial_epochs=1, fine_tune_epochs=0, verbose=0,
-        data_service=local_service, data_service_sharding="dynamic",
+        model_dir=str(tmp_path / "run"),
+        dataset=TINY,
+        data_dir=data_dir,
+        pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1),
+        alpha=0.35,
+        initial_epochs=1,
+        fine_tune_epochs=0,
+        verbose=0,
+        data_service=local_service,
+        data_service_sharding="dynamic",
     )
     results = train(config, log=lambda _: None)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -147,8 +186,13 @@ def test_an_unreachable_dispatcher_fails_within_15_seconds(tiny_source):
     address = f"grpc://localhost:{_free_port()}"
     started = time.monotonic()
     with pytest.raises(TfpipeError, match="did not answer within"):
-        pipeline.build(tiny_source, "train", PipelineConfig(image_size=32, batch_size=4), training=True,
-                       service=service.DataService(address))
+        pipeline.build(
+            tiny_source,
+            "train",
+            PipelineConfig(image_size=32, batch_size=4),
+            training=True,
+            service=service.DataService(address),
+        )
     assert time.monotonic() - started < 15
 
 
@@ -157,8 +201,14 @@ def test_a_pipeline_the_service_cannot_run_is_refused_with_the_reason(tiny_sourc
 
     flips = augment.build(augment.parse("flip"), seed=1)  # Keras layers hold seed variables
     with pytest.raises(TfpipeError, match="cannot run this pipeline: .*Serialization error.*--augment_on=model"):
-        pipeline.build(tiny_source, "train", PipelineConfig(image_size=32, batch_size=4), training=True,
-                       augmentation=flips, service=service.DataService(local_service, "dynamic"))
+        pipeline.build(
+            tiny_source,
+            "train",
+            PipelineConfig(image_size=32, batch_size=4),
+            training=True,
+            augmentation=flips,
+            service=service.DataService(local_service, "dynamic"),
+        )
 
 
 @pytest.mark.parametrize("address", ["localhost:5050", "grpc://localhost", "http://host:1"])
@@ -182,17 +232,48 @@ def _wait_for_port(port, process, seconds=60):
 def test_data_service_tool_serves_bench_input(tmp_path, data_dir):
     dispatcher_port, worker_port = _free_port(), _free_port()
     tool = os.path.join(REPO, "bin", "data_service")
-    servers = [subprocess.Popen([sys.executable, tool, "--role=dispatcher", f"--port={dispatcher_port}",
-                                 f"--work_dir={tmp_path / 'journal'}"], stderr=subprocess.PIPE, text=True)]
+    servers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                tool,
+                "--role=dispatcher",
+                f"--port={dispatcher_port}",
+                f"--work_dir={tmp_path / 'journal'}",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    ]
     try:
         _wait_for_port(dispatcher_port, servers[0])
-        servers.append(subprocess.Popen([sys.executable, tool, "--role=worker", f"--port={worker_port}",
-                                         f"--dispatcher=localhost:{dispatcher_port}"], stderr=subprocess.PIPE, text=True))
+        servers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    tool,
+                    "--role=worker",
+                    f"--port={worker_port}",
+                    f"--dispatcher=localhost:{dispatcher_port}",
+                ],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
         _wait_for_port(worker_port, servers[1])
         out = tmp_path / "bench.json"
-        result = run_tool("bench_input", f"--dataset={TINY}", f"--data_dir={data_dir}", "--image_size=32",
-                          "--batch_size=8", "--epochs=2", "--noclassic", f"--json={out}",
-                          f"--data_service=grpc://localhost:{dispatcher_port}", "--data_service_sharding=dynamic")
+        result = run_tool(
+            "bench_input",
+            f"--dataset={TINY}",
+            f"--data_dir={data_dir}",
+            "--image_size=32",
+            "--batch_size=8",
+            "--epochs=2",
+            "--noclassic",
+            f"--json={out}",
+            f"--data_service=grpc://localhost:{dispatcher_port}",
+            "--data_service_sharding=dynamic",
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         data = json.loads(out.read_text())
         assert data["data_service"] == f"grpc://localhost:{dispatcher_port}"
@@ -206,9 +287,12 @@ def test_data_service_tool_serves_bench_input(tmp_path, data_dir):
 
 @pytest.mark.parametrize(
     "flags, message",
-    [([], "--role is required"), (["--role=dispatcher"], "--port=None"),
-     (["--role=worker", "--port=0"], "--port=0"), (["--role=worker", "--port=5999"], "needs --dispatcher")],
+    [
+        ([], "--role is required"),
+        (["--role=dispatcher"], "--port=None"),
+        (["--role=worker", "--port=0"], "--port=0"),
+        (["--role=worker", "--port=5999"], "needs --dispatcher"),
+    ],
 )
 def test_data_service_tool_bad_input(flags, message):
-    result = run_tool("data_service", *flags, timeout=120)
-    assert result.returncode == 2 and message in result.stderr
+    assert_one_line_error(run_tool("data_service", *flags, timeout=120), "data_service", message)

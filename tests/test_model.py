@@ -1,7 +1,5 @@
 """Backbones, the classifier, its train_step, and the fine-tune boundary."""
 
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -50,7 +48,9 @@ def test_fine_tune_at_takes_a_layer_name():
     )
 
 
-@pytest.mark.parametrize("value, message", [("154", "has 154 layers"), ("-1", "out of range"), ("no_such_layer", "154 layers")])
+@pytest.mark.parametrize(
+    "value, message", [("154", "has 154 layers"), ("-1", "out of range"), ("no_such_layer", "154 layers")]
+)
 def test_fine_tune_at_out_of_range_or_unknown_states_the_layer_count(value, message):
     _, base = _classifier()
     with pytest.raises(TfpipeError, match=message):
@@ -75,7 +75,9 @@ def test_batchnorm_statistics_do_not_change_while_fine_tuning():
     for layer, (mean, variance, gamma) in zip(norms, before):
         np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
         np.testing.assert_array_equal(layer.moving_variance.numpy(), variance)
-    changed_gamma = [not np.array_equal(l.gamma.numpy(), b[2]) for l, b in zip(trainable_norms, before[-len(trainable_norms):])]
+    changed_gamma = [
+        not np.array_equal(l.gamma.numpy(), b[2]) for l, b in zip(trainable_norms, before[-len(trainable_norms) :])
+    ]
     assert any(changed_gamma), "the trainable BatchNorm layers' gamma should still learn"
 
 
@@ -85,7 +87,7 @@ def test_custom_train_step_matches_keras_builtin_step(num_classes):
     for builtin in (True, False):
         classifier, base = _classifier(num_classes=num_classes, seed=7)
         finetune.unfreeze_from(base, 100)
-        model = keras.Model(classifier.inputs, classifier.outputs) if builtin else classifier
+        model = keras.Model(classifier.input, classifier.output) if builtin else classifier
         assert isinstance(model, model_lib.TransferClassifier) != builtin
         _compile(model, num_classes)
         history = model.fit(_data(num_classes=num_classes), epochs=2, verbose=0)
@@ -98,7 +100,7 @@ def test_custom_train_step_matches_keras_builtin_step(num_classes):
 
 def test_test_step_matches_keras_evaluate():
     classifier, _ = _classifier(num_classes=3)
-    builtin = keras.Model(classifier.inputs, classifier.outputs)
+    builtin = keras.Model(classifier.input, classifier.output)
     _compile(classifier, 3)
     _compile(builtin, 3)
     ours = classifier.evaluate(_data(num_classes=3), verbose=0, return_dict=True)
@@ -145,6 +147,7 @@ def test_weights_from_a_file_the_test_saves(tmp_path, suffix):
         np.testing.assert_array_equal(expected.numpy(), actual.numpy())
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras' own, on the way to the error
 def test_a_weights_file_of_another_width_is_a_clear_error(tmp_path):
     _, base = _classifier(alpha=0.35)
     path = str(tmp_path / "narrow.weights.h5")

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import write_image
+
 from tfpipe import bench
 from tfpipe.data import pipeline
 from tfpipe.errors import TfpipeError
@@ -123,8 +123,7 @@ def test_max_examples_bounds_the_split(tiny_source):
 
 def test_sharded_pipelines_split_the_examples(tiny_source):
     parts = [
-        _all_fingerprints(pipeline.build(tiny_source, SPLIT, _config(), training=False, shard=(2, i)))
-        for i in range(2)
+        _all_fingerprints(pipeline.build(tiny_source, SPLIT, _config(), training=False, shard=(2, i))) for i in range(2)
     ]
     assert len(parts[0]) == len(parts[1]) == 16
     assert not set(parts[0]) & set(parts[1])

@@ -14,9 +14,7 @@ def _encoded(source, split):
 
 
 def test_tutorial_slicing_counts_on_the_embedded_builder(tiny_source):
-    metadata = sources.describe(
-        tiny_source, train="train[:80%]", validation="train[80%:90%]", test="train[90%:]"
-    )
+    metadata = sources.describe(tiny_source, train="train[:80%]", validation="train[80%:90%]", test="train[90%:]")
     assert metadata.num_examples == {"train": 32, "validation": 4, "test": 4}
     assert metadata.class_names == ("ellipse", "rectangle") and metadata.num_classes == 2
     assert [len(_encoded(tiny_source, s)) for s in ("train[:80%]", "train[80%:90%]", "train[90%:]")] == [32, 4, 4]

@@ -7,8 +7,8 @@ import os
 import keras
 import numpy as np
 import pytest
-
 from conftest import TINY, TINY_MULTICLASS
+
 from tfpipe import finetune
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError

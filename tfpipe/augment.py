@@ -56,7 +56,9 @@ def _flip_mode(text):
 
 AUGMENTATIONS = {
     # RandomFlip: horizontal, vertical or horizontal_and_vertical
-    "flip": _Kind("horizontal", _flip_mode, lambda mode, seed, dtype: keras.layers.RandomFlip(mode, seed=seed, dtype=dtype)),
+    "flip": _Kind(
+        "horizontal", _flip_mode, lambda mode, seed, dtype: keras.layers.RandomFlip(mode, seed=seed, dtype=dtype)
+    ),
     # RandomRotation: a fraction of a full turn, either way
     "rotation": _Kind(
         "0.2",

@@ -11,7 +11,6 @@ import numpy as np
 from tfpipe.run_state import RunDirectory
 
 
-
 def learning_rate_of(optimizer) -> float:
     return float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))
 

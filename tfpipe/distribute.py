@@ -50,13 +50,17 @@ def read_tf_config() -> dict:
         'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
     )
     if not raw:
-        raise TfpipeError(f"--strategy=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. {example}")
+        raise TfpipeError(
+            f"--strategy=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. {example}"
+        )
     try:
         config = json.loads(raw)
         workers = config["cluster"]["worker"]
         task_type, index = config["task"]["type"], int(config["task"]["index"])
     except (ValueError, KeyError, TypeError) as error:
-        raise TfpipeError(f"TF_CONFIG is malformed ({type(error).__name__}: {error}); expected e.g. {example}") from None
+        raise TfpipeError(
+            f"TF_CONFIG is malformed ({type(error).__name__}: {error}); expected e.g. {example}"
+        ) from None
     if not isinstance(workers, list) or not workers or not all(isinstance(w, str) and ":" in w for w in workers):
         raise TfpipeError(f"TF_CONFIG cluster.worker must list HOST:PORT addresses, got {workers!r}")
     members = config["cluster"].get(task_type)
@@ -95,7 +99,9 @@ def per_replica_batch(global_batch: int, num_replicas: int) -> int:
 
 
 def distributed(
-    strategy: tf.distribute.Strategy, make_dataset: Callable[[int, tuple[int, int] | None], tf.data.Dataset], global_batch: int
+    strategy: tf.distribute.Strategy,
+    make_dataset: Callable[[int, tuple[int, int] | None], tf.data.Dataset],
+    global_batch: int,
 ):
     """A dataset for model.fit under `strategy`.
 

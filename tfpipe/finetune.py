@@ -91,7 +91,7 @@ def calibrate_batchnorm(classifier: keras.Model, base: keras.Model, batches) -> 
     update, gives normalized random features instead. Returns the images used.
     """
     layers = [layer for layer in base._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    to_base_input = keras.Model(classifier.inputs, classifier.get_layer(BASE_LAYER).input)
+    to_base_input = keras.Model(classifier.input, classifier.get_layer(BASE_LAYER).input)
     momenta = [layer.momentum for layer in layers]
     images_seen = 0
     try:

@@ -197,7 +197,7 @@ def base_of(model: keras.Model) -> keras.Model:
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """uint8 images -> pooled base features, with the classifier's own layers (inference mode)."""
-    return keras.Model(model.inputs, model.get_layer(POOLING_LAYER).output, name="features")
+    return keras.Model(model.input, model.get_layer(POOLING_LAYER).output, name="features")
 
 
 def head_of(model: keras.Model) -> TransferClassifier:

@@ -70,8 +70,16 @@ class TrainConfig:
         """What decides the run's result: a model_dir only resumes a run with the same values."""
         # Where a run computes (devices, workers, the data service) is not part of
         # what it computes: a run can resume on other hardware.
-        ignored = {"model_dir", "data_dir", "overwrite", "verbose", "pipeline", "strategy", "data_service",
-                   "data_service_sharding"}
+        ignored = {
+            "model_dir",
+            "data_dir",
+            "overwrite",
+            "verbose",
+            "pipeline",
+            "strategy",
+            "data_service",
+            "data_service_sharding",
+        }
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ignored}
         values.update({f"pipeline.{k}": v for k, v in dataclasses.asdict(self.pipeline).items() if k != "cache"})
         return json.loads(json.dumps(values))  # as it reads back from state.json
@@ -145,8 +153,10 @@ def train(
     weights = backbones.resolve_weights(config.weights, embedded_dataset=is_embedded(config.dataset))
     log(f"Weights: {_describe_weights(config.weights, weights)}")
     if placement.num_replicas > 1 or placement.task:
-        log(f"Strategy: {type(strategy).__name__}, {placement.num_replicas} replicas" + (
-            f"; this is {placement.task}{' (chief)' if placement.is_chief else ''}" if placement.task else ""))
+        log(
+            f"Strategy: {type(strategy).__name__}, {placement.num_replicas} replicas"
+            + (f"; this is {placement.task}{' (chief)' if placement.is_chief else ''}" if placement.task else "")
+        )
     if run_dir.resumed:
         log(f"Resuming {run_dir.path} after epoch {run_dir.state.completed_epochs}")
     with _dtype_policy("mixed_float16" if config.mixed_precision else None):
@@ -180,10 +190,13 @@ class _Run:
                 f"than one batch (--batch_size={config.pipeline.batch_size}); lower --batch_size or widen the split"
             )
         steps = augment.parse(config.augment)
-        augmentation = augment.build(steps, seed=config.pipeline.seed, dtype="float32")
-        in_model = augmentation if config.augment_on == "model" else None
-        self.pipeline_augmentation = augmentation if config.augment_on == "pipeline" else None
+        on_pipeline = config.augment_on == "pipeline"
+        # Layers that run in tf.data must not hold distributed variables; those in the model must.
+        self.pipeline_augmentation = (
+            augment.build(steps, seed=config.pipeline.seed, dtype="float32") if on_pipeline else None
+        )
         with strategy.scope():
+            in_model = None if on_pipeline else augment.build(steps, seed=config.pipeline.seed, dtype="float32")
             self.classifier = model_lib.build_classifier(
                 self.backbone,
                 self.base,

@@ -41,11 +41,13 @@ for name, strategy in (
     model = keras.models.load_model(f"{out_dir}/{name}/final.keras")
     weights[name] = ([w.numpy() for w in model.weights], results, strategy.num_replicas_in_sync)
 difference = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["one_device"][0], weights["mirrored"][0]))
-largest_update = max(
-    float(np.max(np.abs(a))) for a in weights["one_device"][0]
+largest_update = max(float(np.max(np.abs(a))) for a in weights["one_device"][0])
+print(
+    json.dumps(
+        {
+            "max_abs_difference": difference,
+            "replicas": {k: v[2] for k, v in weights.items()},
+            "test_loss": {k: v[1]["test_loss"] for k, v in weights.items()},
+        }
+    )
 )
-print(json.dumps({
-    "max_abs_difference": difference,
-    "replicas": {k: v[2] for k, v in weights.items()},
-    "test_loss": {k: v[1]["test_loss"] for k, v in weights.items()},
-}))

@@ -109,8 +109,12 @@ def run() -> dict:
             source, FLAGS.train_split, config.image_size, config.batch_size, max_examples=max_examples
         )
         results["classic"] = _rates(_measure("classic", classic_ds, FLAGS.epochs, num_images, config.batch_size))
-        results["speedup_cold"] = round(results["tfpipe"]["cold_images_per_sec"] / results["classic"]["cold_images_per_sec"], 2)
-        results["speedup_warm"] = round(results["tfpipe"]["warm_images_per_sec"] / results["classic"]["warm_images_per_sec"], 2)
+        results["speedup_cold"] = round(
+            results["tfpipe"]["cold_images_per_sec"] / results["classic"]["cold_images_per_sec"], 2
+        )
+        results["speedup_warm"] = round(
+            results["tfpipe"]["warm_images_per_sec"] / results["classic"]["warm_images_per_sec"], 2
+        )
         results["classic_peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
     return results
 
@@ -163,9 +167,15 @@ def format_table(results: dict) -> str:
     )
     lines.append(
         "epochs reshuffled: "
-        + ("yes, two epochs start with different batches" if results["epochs_reshuffled"] else "NO: every epoch repeats the same order")
+        + (
+            "yes, two epochs start with different batches"
+            if results["epochs_reshuffled"]
+            else "NO: every epoch repeats the same order"
+        )
     )
-    lines.append(f"{results['num_images']} images of {results['image_size']}px, batch {results['batch_size']}, {results['cores']} cores")
+    lines.append(
+        f"{results['num_images']} images of {results['image_size']}px, batch {results['batch_size']}, {results['cores']} cores"
+    )
     return "\n".join(lines)
 
 

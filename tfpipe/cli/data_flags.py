@@ -40,7 +40,9 @@ flags.DEFINE_string(
     "data_service", None, "grpc://HOST:PORT of a tf.data service dispatcher: preprocess there instead of here."
 )
 flags.DEFINE_enum(
-    "data_service_sharding", "off", ["off", "dynamic"],
+    "data_service_sharding",
+    "off",
+    ["off", "dynamic"],
     "off: every worker runs the whole pipeline; dynamic: each example once per epoch.",
 )
 

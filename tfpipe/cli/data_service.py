@@ -28,7 +28,9 @@ flags.DEFINE_string("dispatcher", None, "Worker: the dispatcher's HOST:PORT (or 
 flags.DEFINE_string(
     "work_dir", os.path.join("runs", "data_service_dispatcher"), "Dispatcher: where its fault-tolerant journal lives."
 )
-flags.DEFINE_string("host", "localhost", "Worker: the name trainers reach it by; use this machine's hostname in a cluster.")
+flags.DEFINE_string(
+    "host", "localhost", "Worker: the name trainers reach it by; use this machine's hostname in a cluster."
+)
 
 
 def main(argv):

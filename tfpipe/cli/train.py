@@ -39,7 +39,9 @@ flags.DEFINE_boolean(
     "fast_feature_extraction", True, "With --augment=none, run the frozen base once and train the head on its features."
 )
 flags.DEFINE_enum(
-    "strategy", "auto", list(distribute.STRATEGIES),
+    "strategy",
+    "auto",
+    list(distribute.STRATEGIES),
     "auto (mirrored when more than one GPU is visible), one_device, mirrored, or multi_worker (reads TF_CONFIG).",
 )
 flags.DEFINE_string("model_dir", None, "Output folder; default: a new runs/YYYYmmdd-HHMMSS. Reuse it to resume.")

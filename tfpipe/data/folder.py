@@ -48,9 +48,7 @@ def index_folder(root: str) -> FolderIndex:
     layout = find_layout(root)
     class_names = tuple(sorted({name for classes in layout.values() for name in classes}))
     class_ids = {name: i for i, name in enumerate(class_names)}
-    unreadable = _undecodable(
-        [path for classes in layout.values() for files in classes.values() for path in files]
-    )
+    unreadable = _undecodable([path for classes in layout.values() for files in classes.values() for path in files])
     splits = {}
     for split, classes in layout.items():
         entries = [

@@ -195,7 +195,9 @@ def cache_file_prefix(config: PipelineConfig, source_name: str, split: str, shar
     folder_path = ensure_writable_dir(config.cache, flag="cache")
     key = repr((source_name, split, config.image_size, config.jpeg_dct_scaling, shard, max_examples))
     readable = "".join(c if c.isalnum() else "_" for c in f"{source_name}_{split}")[-60:]
-    prefix = os.path.join(folder_path, f"{readable}_{config.image_size}px_{hashlib.sha1(key.encode()).hexdigest()[:10]}")
+    prefix = os.path.join(
+        folder_path, f"{readable}_{config.image_size}px_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    )
     _remove_stale_lock(prefix)
     return prefix
 

@@ -23,8 +23,10 @@ import tensorflow as tf
 
 from tfpipe.errors import TfpipeError
 
-SHARDING = {"off": tf.data.experimental.service.ShardingPolicy.OFF,
-            "dynamic": tf.data.experimental.service.ShardingPolicy.DYNAMIC}
+SHARDING = {
+    "off": tf.data.experimental.service.ShardingPolicy.OFF,
+    "dynamic": tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+}
 # Seconds to wait for the dispatcher to accept the pipeline before giving up.
 REGISTER_SECONDS = 10.0
 _ADDRESS = re.compile(r"^grpc://[^:/\s]+:\d+$")

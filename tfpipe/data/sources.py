@@ -62,8 +62,10 @@ class TfdsSource(Source):
         self.name = builder.info.full_name
         keys = builder.info.supervised_keys
         features = builder.info.features
-        if not keys or not isinstance(features[keys[1]], tfds.features.ClassLabel) or not isinstance(
-            features[keys[0]], tfds.features.Image
+        if (
+            not keys
+            or not isinstance(features[keys[1]], tfds.features.ClassLabel)
+            or not isinstance(features[keys[0]], tfds.features.Image)
         ):
             raise TfpipeError(
                 f"{builder.name} is not an image classification dataset (it needs an image and a class label "

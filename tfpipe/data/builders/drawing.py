@@ -49,7 +49,9 @@ def _background(rng, ys, xs):
 def _smooth_noise(rng, height, width, cells, amplitude):
     """Low-frequency colour texture: a coarse random grid, bilinearly upsampled."""
     grid = rng.normal(0.0, amplitude, (cells, cells, 3)).astype(np.float32)
-    return np.einsum("hc,cdk,wd->hwk", _linear_weights(height, cells), grid, _linear_weights(width, cells), optimize=True)
+    return np.einsum(
+        "hc,cdk,wd->hwk", _linear_weights(height, cells), grid, _linear_weights(width, cells), optimize=True
+    )
 
 
 def _linear_weights(size, cells):
