@@ -96,3 +96,37 @@ def assert_one_line_error(result, tool, message):
     errors = [line for line in result.stderr.splitlines() if line.startswith(f"{tool}: error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def tiny_train_config(tmp_path, data_dir, **overrides):
+    """A TrainConfig for seconds-long runs: the tiny dataset at 32 px, MobileNetV2 at width 0.35."""
+    from tfpipe.data.pipeline import PipelineConfig
+    from tfpipe.train import TrainConfig
+
+    values = dict(
+        model_dir=str(tmp_path / "run"),
+        dataset=TINY,
+        data_dir=data_dir,
+        pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1),
+        alpha=0.35,
+        initial_epochs=2,
+        fine_tune_epochs=2,
+        learning_rate=1e-3,
+        verbose=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def run_bench(data_dir, json_path, *flags):
+    """bin/bench_input on the tiny dataset at 32 px, batches of 8, writing `json_path`."""
+    return run_tool(
+        "bench_input",
+        f"--dataset={TINY}",
+        f"--data_dir={data_dir}",
+        "--image_size=32",
+        "--batch_size=8",
+        f"--json={json_path}",
+        *flags,
+        timeout=300,
+    )

@@ -10,7 +10,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, TINY, assert_one_line_error, run_tool
+from conftest import REPO, TINY, assert_one_line_error, run_bench, run_tool
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
 
@@ -141,16 +141,7 @@ def test_train_reports_bad_input_in_one_line(tmp_path, data_dir, flags, message)
 
 def test_bench_input_end_to_end_writes_valid_json(tmp_path, data_dir):
     out = tmp_path / "bench.json"
-    result = run_tool(
-        "bench_input",
-        f"--dataset={TINY}",
-        f"--data_dir={data_dir}",
-        "--image_size=32",
-        "--batch_size=8",
-        "--epochs=2",
-        f"--json={out}",
-        timeout=300,
-    )
+    result = run_bench(data_dir, out, "--epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
     data = _load_json(out)
     for pipeline in ("classic", "tfpipe"):
@@ -164,17 +155,7 @@ def test_bench_input_end_to_end_writes_valid_json(tmp_path, data_dir):
 
 def test_bench_input_max_batches_bounds_the_images(tmp_path, data_dir):
     out = tmp_path / "bench.json"
-    result = run_tool(
-        "bench_input",
-        f"--dataset={TINY}",
-        f"--data_dir={data_dir}",
-        "--image_size=32",
-        "--batch_size=8",
-        "--max_batches=2",
-        "--noclassic",
-        f"--json={out}",
-        timeout=300,
-    )
+    result = run_bench(data_dir, out, "--max_batches=2", "--noclassic")
     assert result.returncode == 0, result.stderr[-3000:]
     assert _load_json(out)["num_images"] == 16
 

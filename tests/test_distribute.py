@@ -10,14 +10,14 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, TINY, assert_one_line_error, run_tool
+from conftest import REPO, TINY, assert_one_line_error, run_bench, run_tool, tiny_train_config
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
 from tfpipe import bench, distribute
 from tfpipe.data import pipeline, service
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
-from tfpipe.train import TrainConfig, train
+from tfpipe.train import train
 
 
 def _free_port():
@@ -165,15 +165,11 @@ def test_sharding_off_gives_each_worker_the_whole_pipeline(tiny_source, local_se
 
 
 def test_a_training_run_takes_its_batches_from_the_service(tmp_path, data_dir, local_service):
-    config = TrainConfig(
-        model_dir=str(tmp_path / "run"),
-        dataset=TINY,
-        data_dir=data_dir,
-        pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1),
-        alpha=0.35,
+    config = tiny_train_config(
+        tmp_path,
+        data_dir,
         initial_epochs=1,
         fine_tune_epochs=0,
-        verbose=0,
         data_service=local_service,
         data_service_sharding="dynamic",
     )
@@ -262,15 +258,11 @@ def test_data_service_tool_serves_bench_input(tmp_path, data_dir):
         )
         _wait_for_port(worker_port, servers[1])
         out = tmp_path / "bench.json"
-        result = run_tool(
-            "bench_input",
-            f"--dataset={TINY}",
-            f"--data_dir={data_dir}",
-            "--image_size=32",
-            "--batch_size=8",
+        result = run_bench(
+            data_dir,
+            out,
             "--epochs=2",
             "--noclassic",
-            f"--json={out}",
             f"--data_service=grpc://localhost:{dispatcher_port}",
             "--data_service_sharding=dynamic",
         )

@@ -7,28 +7,12 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import TINY, TINY_MULTICLASS
+from conftest import TINY_MULTICLASS, tiny_train_config
 
 from tfpipe import finetune
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
-from tfpipe.train import TrainConfig, train
-
-
-def _config(tmp_path, data_dir, **overrides):
-    values = dict(
-        model_dir=str(tmp_path / "run"),
-        dataset=TINY,
-        data_dir=data_dir,
-        pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1),
-        alpha=0.35,
-        initial_epochs=2,
-        fine_tune_epochs=2,
-        learning_rate=1e-3,
-        verbose=0,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+from tfpipe.train import train
 
 
 def _history(config):
@@ -69,7 +53,7 @@ class RecordOptimizerSteps(keras.callbacks.Callback):
 
 
 def test_epochs_are_numbered_1_to_n_across_both_phases(tmp_path, data_dir):
-    config = _config(tmp_path, data_dir, initial_epochs=2, fine_tune_epochs=3)
+    config = tiny_train_config(tmp_path, data_dir, initial_epochs=2, fine_tune_epochs=3)
     results = train(config, log=lambda _: None)
     history = _history(config)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
@@ -85,7 +69,7 @@ def test_epochs_are_numbered_1_to_n_across_both_phases(tmp_path, data_dir):
 
 
 def test_resume_after_an_interruption_continues_in_the_right_phase_with_its_optimizer(tmp_path, data_dir):
-    config = _config(tmp_path, data_dir)
+    config = tiny_train_config(tmp_path, data_dir)
     interrupt = InterruptAfterEpoch(3)
     with pytest.raises(Interrupt):
         train(config, extra_callbacks=(interrupt,), log=lambda _: None)
@@ -105,7 +89,7 @@ def test_resume_after_an_interruption_continues_in_the_right_phase_with_its_opti
 
 
 def test_resume_at_a_phase_boundary_starts_fine_tuning_with_a_fresh_optimizer(tmp_path, data_dir):
-    config = _config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=1)
+    config = tiny_train_config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=1)
     with pytest.raises(Interrupt):
         train(config, extra_callbacks=(InterruptAfterEpoch(1),), log=lambda _: None)
     steps = RecordOptimizerSteps()
@@ -115,15 +99,15 @@ def test_resume_at_a_phase_boundary_starts_fine_tuning_with_a_fresh_optimizer(tm
 
 
 def test_a_model_dir_of_another_configuration_is_refused_unless_overwrite(tmp_path, data_dir):
-    config = _config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0)
+    config = tiny_train_config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0)
     train(config, log=lambda _: None)
-    changed = _config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, learning_rate=5e-4)
+    changed = tiny_train_config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, learning_rate=5e-4)
     with pytest.raises(TfpipeError, match="different configuration .*learning_rate: 0.001 -> 0.0005"):
         train(changed, log=lambda _: None)
     keep = tmp_path / "run" / "notes.txt"
     keep.write_text("a user's file")
     results = train(
-        _config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, learning_rate=5e-4, overwrite=True),
+        tiny_train_config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, learning_rate=5e-4, overwrite=True),
         log=lambda _: None,
     )
     assert results["epochs"] == 1 and keep.exists()
@@ -139,7 +123,7 @@ class PoisonHead(keras.callbacks.Callback):
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_best_checkpoint(tmp_path, data_dir):
-    config = _config(tmp_path, data_dir, initial_epochs=3, fine_tune_epochs=0)
+    config = tiny_train_config(tmp_path, data_dir, initial_epochs=3, fine_tune_epochs=0)
     with pytest.raises(TfpipeError, match="NaN or infinite in epoch 2 .*epoch 1 is kept in best.keras"):
         train(config, extra_callbacks=(PoisonHead(),), log=lambda _: None)
     assert [r["epoch"] for r in _history(config)] == [1]
@@ -152,7 +136,7 @@ def test_fast_feature_extraction_trains_the_same_head(tmp_path, data_dir):
     paths see the same gradients, so they must reach the same head."""
     heads = {}
     for fast in (True, False):
-        config = _config(
+        config = tiny_train_config(
             tmp_path / str(fast),
             data_dir,
             augment="none",
@@ -173,7 +157,7 @@ def test_fast_feature_extraction_trains_the_same_head(tmp_path, data_dir):
 
 
 def test_base_frozen_throughout_and_multiclass(tmp_path, data_dir):
-    config = _config(tmp_path, data_dir, dataset=TINY_MULTICLASS, initial_epochs=1, fine_tune_epochs=0)
+    config = tiny_train_config(tmp_path, data_dir, dataset=TINY_MULTICLASS, initial_epochs=1, fine_tune_epochs=0)
     results = train(config, log=lambda _: None)
     assert results["num_classes"] == 5 and len(results["class_names"]) == 5
     assert [r["phase"] for r in _history(config)] == [finetune.FEATURE_EXTRACTION]
@@ -200,7 +184,7 @@ def test_base_frozen_throughout_and_multiclass(tmp_path, data_dir):
 )
 def test_bad_input_fails_before_training(tmp_path, data_dir, overrides, message):
     with pytest.raises(TfpipeError, match=message):
-        train(_config(tmp_path, data_dir, **overrides), log=lambda _: None)
+        train(tiny_train_config(tmp_path, data_dir, **overrides), log=lambda _: None)
     assert not os.path.exists(os.path.join(tmp_path, "run", "history.json"))
 
 
@@ -208,4 +192,4 @@ def test_unwritable_model_dir(tmp_path, data_dir):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(TfpipeError, match="--model_dir=.* is not a writable folder"):
-        train(_config(tmp_path, data_dir, model_dir=str(blocker / "run")), log=lambda _: None)
+        train(tiny_train_config(tmp_path, data_dir, model_dir=str(blocker / "run")), log=lambda _: None)
