@@ -113,7 +113,7 @@ def build(
     augmentation: a Keras layer applied to each training batch inside the
       pipeline; leave None when augmentation runs in the model.
     shard: (num_shards, index) for one of several input pipelines
-      (tf.distribute); each reads, decodes and caches only its own share.
+      (tf.distribute); each decodes and caches only its own share.
     epoch_offset: the first epoch this dataset serves (a resumed run), so a
       seeded run does not replay the first epoch's order after a restart.
     max_examples: use only the first examples of the split (a bounded benchmark);
