@@ -107,7 +107,8 @@ def distributed(
 
     make_dataset(per_replica_batch, shard) builds one input pipeline; shard is
     (pipelines, this pipeline's index) when there are several. On one replica
-    the plain dataset is returned, so Keras keeps its known size.
+    the plain dataset is returned, so Keras keeps its known size. Callers check
+    per_replica_batch() before any long work; it is not repeated here.
     """
     if strategy.num_replicas_in_sync == 1 and not getattr(strategy, "cluster_resolver", None):
         return make_dataset(global_batch, None)
@@ -116,5 +117,4 @@ def distributed(
         shard = (context.num_input_pipelines, context.input_pipeline_id) if context.num_input_pipelines > 1 else None
         return make_dataset(context.get_per_replica_batch_size(global_batch), shard)
 
-    per_replica_batch(global_batch, strategy.num_replicas_in_sync)  # a clear error before tf.distribute's own
     return strategy.distribute_datasets_from_function(dataset_fn)

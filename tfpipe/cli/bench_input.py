@@ -47,7 +47,7 @@ def run() -> dict:
         raise TfpipeError(f"--max_batches={FLAGS.max_batches} must be positive")
     splits.parse(FLAGS.train_split, flag="train_split")
     config = data_flags.pipeline_config()
-    data_flags.data_service()  # a malformed address fails now
+    data_service = data_flags.data_service()  # a malformed address fails now, before any data work
     steps = data_flags.augment_steps()
     augmentation = (
         augment.build(steps, seed=FLAGS.seed) if augment.check_placement(FLAGS.augment_on) == "pipeline" else None
@@ -70,7 +70,6 @@ def run() -> dict:
     bench.run_epoch(source.encoded(FLAGS.train_split).take(num_images).batch(256))
     idle_rss = bench.current_rss_mb()
 
-    data_service = data_flags.data_service()
     tfpipe_ds = pipeline.build(
         source,
         FLAGS.train_split,
