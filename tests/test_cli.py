@@ -144,20 +144,29 @@ def test_bench_input_end_to_end_writes_valid_json(tmp_path, data_dir):
     result = run_bench(data_dir, out, "--epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
     data = _load_json(out)
-    for pipeline in ("classic", "tfpipe"):
+    for pipeline in ("classic", "classic_tf_defaults", "tfpipe"):
         assert data[pipeline]["cold_images_per_sec"] > 0 and data[pipeline]["warm_images_per_sec"] > 0
+    assert data["classic"]["mode"] == "serial" and data["classic_tf_defaults"]["mode"] == "tf_defaults"
     for key in ("speedup_cold", "speedup_warm", "peak_rss_mb", "num_images", "image_size", "batch_size", "cores"):
         assert key in data
+    assert data["speedup_cold"] == pytest.approx(
+        data["tfpipe"]["cold_images_per_sec"] / data["classic"]["cold_images_per_sec"], abs=0.01
+    )
+    assert data["speedup_warm_vs_tf_defaults"] == pytest.approx(
+        data["tfpipe"]["warm_images_per_sec"] / data["classic_tf_defaults"]["warm_images_per_sec"], abs=0.01
+    )
     assert data["num_images"] == 32 and data["image_size"] == 32 and data["batch_size"] == 8
     assert data["epochs_reshuffled"] is True
-    assert "speedup" in result.stdout and "peak RSS" in result.stdout and "reshuffled: yes" in result.stdout
+    assert "tfpipe / classic (serial)" in result.stdout and "tfpipe / classic (TF defaults)" in result.stdout
+    assert "peak RSS" in result.stdout and "reshuffled: yes" in result.stdout
 
 
 def test_bench_input_max_batches_bounds_the_images(tmp_path, data_dir):
     out = tmp_path / "bench.json"
-    result = run_bench(data_dir, out, "--max_batches=2", "--noclassic")
+    result = run_bench(data_dir, out, "--max_batches=2", "--noclassic", "--noclassic_tf_defaults")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _load_json(out)["num_images"] == 16
+    data = _load_json(out)
+    assert data["num_images"] == 16 and "classic" not in data and "classic_tf_defaults" not in data
 
 
 @pytest.mark.parametrize(

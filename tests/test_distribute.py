@@ -263,6 +263,7 @@ def test_data_service_tool_serves_bench_input(tmp_path, data_dir):
             out,
             "--epochs=2",
             "--noclassic",
+            "--noclassic_tf_defaults",
             f"--data_service=grpc://localhost:{dispatcher_port}",
             "--data_service_sharding=dynamic",
         )

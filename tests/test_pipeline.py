@@ -107,6 +107,24 @@ def test_caching_after_batch_freezes_batches_and_the_check_sees_it(tiny_source):
     assert bench.epochs_reshuffled(pipeline.build(tiny_source, SPLIT, _config(), training=True))
 
 
+def _classic_image_sums(source, mode):
+    sums = []
+    for images, labels in bench.classic_pipeline(source, SPLIT, 32, 8, mode=mode):
+        assert images.dtype == tf.float32 and images.shape[1:] == (32, 32, 3) and labels.shape[0] <= 8
+        assert float(tf.reduce_min(images)) >= -1.0 and float(tf.reduce_max(images)) <= 1.0
+        sums.extend(tf.reduce_sum(images, axis=[1, 2, 3]).numpy())
+    return np.sort(sums)
+
+
+def test_the_classic_baselines_differ_only_in_parallelism(tiny_source):
+    serial = _classic_image_sums(tiny_source, bench.CLASSIC_SERIAL)
+    parallel = _classic_image_sums(tiny_source, bench.CLASSIC_TF_DEFAULTS)
+    assert len(serial) == 32
+    np.testing.assert_allclose(serial, parallel, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown classic mode"):
+        bench.classic_pipeline(tiny_source, SPLIT, 32, 8, mode="threaded")
+
+
 def test_stale_file_cache_lock_from_a_killed_run_is_removed(tiny_source, tmp_path):
     config = _config(cache=str(tmp_path))
     prefix = pipeline.cache_file_prefix(config, tiny_source.name, SPLIT)

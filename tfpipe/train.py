@@ -298,9 +298,7 @@ class _Run:
         self.last_optimizer = model.optimizer
         stopper = callbacks.StopOnNonFiniteLoss()
         try:
-            with warnings.catch_warnings():
-                # Keras warns at the end of every input of unknown size, which distributed inputs are.
-                warnings.filterwarnings("ignore", message="Your input ran out of data")
+            with _inputs_of_unknown_size():
                 model.fit(
                     train_ds,
                     validation_data=val_ds,
@@ -342,7 +340,8 @@ class _Run:
         if config.test_split:
             run_dir.load_best(self.classifier)  # test metrics are the best checkpoint's
             test_ds = self._dataset(config.test_split, training=False)
-            scores = self.classifier.evaluate(test_ds, verbose=0, return_dict=True)
+            with _inputs_of_unknown_size():
+                scores = self.classifier.evaluate(test_ds, verbose=0, return_dict=True)
             test_loss, test_accuracy = float(scores["loss"]), float(scores["accuracy"])
         phase_seconds = self.clock.snapshot()
         trained_seconds = sum(phase_seconds.values())
@@ -398,3 +397,12 @@ def _dtype_policy(name: str | None):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+@contextlib.contextmanager
+def _inputs_of_unknown_size():
+    """Keras warns "Your input ran out of data" at the end of every input of
+    unknown size, which distributed and data-service inputs are: expected here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield

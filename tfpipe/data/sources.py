@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
+import warnings
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -51,6 +52,7 @@ class Source(abc.ABC):
     def encoded(self, split: str, *, parallel: bool = True, whole: bool = True) -> tf.data.Dataset:
         """(encoded image: tf.string, label: tf.int64) for `split`, in a fixed order.
 
+        parallel=False: read one file at a time (a serial baseline to measure against).
         whole=False: the reader may be handed only part of the split (tf.data
         service's dynamic sharding), so it must not insist on seeing all of it.
         """
@@ -78,21 +80,26 @@ class TfdsSource(Source):
         return {name: info.num_examples for name, info in self._builder.info.splits.items()}
 
     def encoded(self, split: str, *, parallel: bool = True, whole: bool = True) -> tf.data.Dataset:
-        serial = None if parallel else 1
         read_config = tfds.ReadConfig(
             try_autocache=False,  # tfpipe decides where to cache, after resizing
             skip_prefetch=True,  # prefetch belongs at the end of the pipeline
-            num_parallel_calls_for_decode=serial,
-            num_parallel_calls_for_interleave_files=tf.data.AUTOTUNE if parallel else 1,
+            # tfds parses records in a map with at least one thread of its own.
+            num_parallel_calls_for_decode=None if parallel else 1,
+            # None: a synchronous interleave, reading one file at a time.
+            num_parallel_calls_for_interleave_files=tf.data.AUTOTUNE if parallel else None,
             assert_cardinality=whole,
         )
-        dataset = self._builder.as_dataset(
-            split=split,
-            as_supervised=True,
-            shuffle_files=False,
-            decoders={self._image_key: tfds.decode.SkipDecoding()},
-            read_config=read_config,
-        )
+        with warnings.catch_warnings():
+            # tfds passes `deterministic` to its interleave even when it is
+            # synchronous, where tf.data warns that it has no effect.
+            warnings.filterwarnings("ignore", message="The `deterministic` argument has no effect")
+            dataset = self._builder.as_dataset(
+                split=split,
+                as_supervised=True,
+                shuffle_files=False,
+                decoders={self._image_key: tfds.decode.SkipDecoding()},
+                read_config=read_config,
+            )
         return dataset.map(lambda image, label: (image, tf.cast(label, tf.int64)))
 
 
