@@ -24,9 +24,14 @@ from tfpipe.errors import TfpipeError
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 
-def make_strategy(name: str, devices: list[str] | None = None) -> tf.distribute.Strategy:
+def check_strategy(name: str) -> None:
+    """Raises TfpipeError for an unknown --strategy; creates nothing."""
     if name not in STRATEGIES:
         raise TfpipeError(f"--strategy={name!r}: use one of {', '.join(STRATEGIES)}")
+
+
+def make_strategy(name: str, devices: list[str] | None = None) -> tf.distribute.Strategy:
+    check_strategy(name)
     if name == "multi_worker":
         # Collective ops must be configured before anything initializes TensorFlow
         # (listing devices does), so this comes first.

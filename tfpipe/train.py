@@ -24,8 +24,8 @@ import tensorflow as tf
 from tfpipe import augment, backbones, callbacks, distribute, features, finetune, paths, report
 from tfpipe import model as model_lib
 from tfpipe.data import pipeline, sources, splits
+from tfpipe.data import service as service_lib
 from tfpipe.data.builders import EMBEDDED_DATASET
-from tfpipe.data.service import DataService
 from tfpipe.errors import TfpipeError
 from tfpipe.run_state import RunDirectory, write_json_atomic
 
@@ -113,12 +113,11 @@ class TrainConfig:
             )
         if self.pipeline.cache not in (pipeline.CACHE_MEMORY, pipeline.CACHE_NONE):
             paths.ensure_writable_dir(self.pipeline.cache, flag="cache")
-        if self.strategy not in distribute.STRATEGIES:
-            raise TfpipeError(f"--strategy={self.strategy!r}: use one of {', '.join(distribute.STRATEGIES)}")
+        distribute.check_strategy(self.strategy)
         self.service()
 
-    def service(self) -> DataService | None:
-        return DataService(self.data_service, self.data_service_sharding) if self.data_service else None
+    def service(self) -> service_lib.DataService | None:
+        return service_lib.optional_service(self.data_service, self.data_service_sharding)
 
     @property
     def uses_fast_feature_extraction(self) -> bool:

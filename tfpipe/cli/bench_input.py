@@ -121,9 +121,8 @@ def run() -> dict:
         "cached_images_mb": round(cached_mb, 1),
         "rss_over_idle_per_cached_mb": round((tfpipe_peak - idle_rss) / cached_mb, 2),
     }
-    measured = {"classic": FLAGS.classic, "classic_tf_defaults": FLAGS.classic_tf_defaults}
     for key, mode, label, suffix in _BASELINES:
-        if not measured[key]:
+        if not FLAGS[key].value:  # each baseline has a boolean flag named like its key
             continue
         classic_ds = bench.classic_pipeline(
             source, FLAGS.train_split, config.image_size, config.batch_size, max_examples=max_examples, mode=mode

@@ -62,5 +62,5 @@ def augment_steps() -> tuple[tuple[str, str], ...]:
     return augment.parse(FLAGS.augment)
 
 
-def data_service():
-    return service.DataService(FLAGS.data_service, FLAGS.data_service_sharding) if FLAGS.data_service else None
+def data_service() -> service.DataService | None:
+    return service.optional_service(FLAGS.data_service, FLAGS.data_service_sharding)

@@ -91,6 +91,11 @@ class DataService:
         return outcome["id"]
 
 
+def optional_service(address: str | None, sharding: str = "off") -> DataService | None:
+    """The service --data_service names (checked now), or None when it is not set."""
+    return DataService(address, sharding) if address else None
+
+
 def start_dispatcher(port: int, work_dir: str) -> tf.data.experimental.service.DispatchServer:
     """A fault-tolerant dispatcher: after a restart it recovers its state from work_dir."""
     config = tf.data.experimental.service.DispatcherConfig(port=port, work_dir=work_dir, fault_tolerant_mode=True)

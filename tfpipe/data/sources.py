@@ -135,13 +135,17 @@ def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 
 
+def _resolve_data_dir(data_dir: str | None) -> str:
+    return os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+
+
 def check_spec(spec: str, data_dir: str | None = None) -> None:
     """The cheap half of open_source: the name or folder exists. Raises TfpipeError."""
     spec = spec.strip()
     if spec.startswith(FOLDER_PREFIX):
         folder.find_layout(os.path.abspath(os.path.expanduser(spec[len(FOLDER_PREFIX) :])))
     else:
-        _tfds_builder(spec, os.path.abspath(os.path.expanduser(data_dir or default_data_dir())))
+        _tfds_builder(spec, _resolve_data_dir(data_dir))
 
 
 def open_source(spec: str, data_dir: str | None = None) -> Source:
@@ -149,7 +153,7 @@ def open_source(spec: str, data_dir: str | None = None) -> Source:
     spec = spec.strip()
     if spec.startswith(FOLDER_PREFIX):
         return FolderSource(spec[len(FOLDER_PREFIX) :])
-    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+    data_dir = _resolve_data_dir(data_dir)
     builder = _tfds_builder(spec, data_dir)
     if not builder.is_prepared():
         _prepare(builder, spec, data_dir)
