@@ -21,7 +21,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfpipe import augment, backbones, callbacks, distribute, features, finetune, paths, report
+from tfpipe import augment, backbones, callbacks, distribute, features, finetune, report
 from tfpipe import model as model_lib
 from tfpipe.data import pipeline, sources, splits
 from tfpipe.data import service as service_lib
@@ -111,8 +111,7 @@ class TrainConfig:
                 "--jit_compile with rotation in the model fails: RandomRotation has no XLA kernel in TF 2.21; "
                 "use --augment_on=pipeline or drop rotation from --augment"
             )
-        if self.pipeline.cache not in (pipeline.CACHE_MEMORY, pipeline.CACHE_NONE):
-            paths.ensure_writable_dir(self.pipeline.cache, flag="cache")
+        self.pipeline.check_cache_folder()
         distribute.check_strategy(self.strategy)
         self.service()
 

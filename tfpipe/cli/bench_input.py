@@ -18,7 +18,7 @@ import sys
 
 from absl import flags
 
-from tfpipe import augment, bench, paths
+from tfpipe import augment, bench
 from tfpipe.cli import data_flags, errors
 from tfpipe.data import pipeline, sources, splits
 from tfpipe.errors import TfpipeError
@@ -70,8 +70,7 @@ def run() -> dict:
     augmentation = (
         augment.build(steps, seed=FLAGS.seed) if augment.check_placement(FLAGS.augment_on) == "pipeline" else None
     )
-    if config.cache not in (pipeline.CACHE_MEMORY, pipeline.CACHE_NONE):
-        paths.ensure_writable_dir(config.cache, flag="cache")
+    config.check_cache_folder()
     source = sources.open_source(FLAGS.dataset, FLAGS.data_dir)
     metadata = sources.describe(source, train=FLAGS.train_split)
     num_images = metadata.num_examples["train"]

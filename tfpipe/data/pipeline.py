@@ -60,6 +60,11 @@ class PipelineConfig:
         if not self.cache:
             raise TfpipeError("--cache must be 'memory', 'none' or a folder path")
 
+    def check_cache_folder(self) -> None:
+        """A file cache's folder is created and writable now, before long work; TfpipeError if not."""
+        if self.cache not in (CACHE_MEMORY, CACHE_NONE):
+            ensure_writable_dir(self.cache, flag="cache")
+
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int, jpeg_dct_scaling: bool = True) -> tf.Tensor:
     """One encoded image -> (image_size, image_size, 3) uint8, stretched like the tutorial's resize.
