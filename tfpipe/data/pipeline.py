@@ -3,6 +3,10 @@
     read -> decode + resize (parallel, uint8) -> cache -> shuffle -> batch
          -> [augment, only when placed in the pipeline] -> prefetch
 
+With the memory cache (the default), the cache is an ArrayCache: the images sit
+in one array, the shuffle and batch stages work on their indices, and each batch
+is gathered from the array with one copy right after batch().
+
 Why this order:
 - Decoding and resizing are the only deterministic per-image work; everything
   after the cache is cheap, so a cached epoch costs a memory copy per image.
@@ -27,6 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfpipe.data import folder
+from tfpipe.data.array_cache import ArrayCache
 from tfpipe.errors import TfpipeError
 from tfpipe.paths import ensure_writable_dir
 
@@ -136,15 +141,21 @@ def build(
         lambda encoded, label: (decode_and_resize(encoded, size, config.jpeg_dct_scaling), label),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    if service is None:
-        dataset = _cache(dataset, config, source.name, split, shard, max_examples)
+    examples = _split_size(source, split, shard, max_examples)
+    array_cache = None
+    if service is None and config.cache == CACHE_MEMORY:
+        array_cache = ArrayCache(dataset.element_spec, capacity=examples)
+        dataset = array_cache.indices(dataset)
+    elif service is None:
+        dataset = _file_cache(dataset, config, source.name, split, shard, max_examples)
     if training:
-        buffer = config.shuffle_buffer or _split_size(source, split, shard, max_examples)
         seed = None if config.seed is None else config.seed + epoch_offset
-        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(config.shuffle_buffer or examples, seed=seed, reshuffle_each_iteration=True)
     # A plain batch(): copying uint8 images is cheap, and a parallel batch's extra
     # buffers cost about 10% more memory for no speed on the benchmark machine.
     dataset = dataset.batch(config.batch_size, drop_remainder=training)
+    if array_cache is not None:
+        dataset = dataset.map(array_cache.gather, num_parallel_calls=tf.data.AUTOTUNE)
     if training and augmentation is not None:
         dataset = dataset.map(
             lambda images, labels: (augment_to_uint8(augmentation, images), labels),
@@ -178,7 +189,8 @@ def pipeline_options(seed: int | None) -> tf.data.Options:
 
 
 def _split_size(source, split, shard, max_examples) -> int:
-    """Examples this pipeline reads: the whole-split shuffle buffer."""
+    """Examples this pipeline reads (rounded up for a shard): the whole-split
+    shuffle buffer and the memory cache's capacity."""
     count = source.count(split)
     if max_examples is not None:
         count = min(count, max_examples)
@@ -187,11 +199,9 @@ def _split_size(source, split, shard, max_examples) -> int:
     return max(count, 1)
 
 
-def _cache(dataset, config, source_name, split, shard, max_examples):
+def _file_cache(dataset, config, source_name, split, shard, max_examples):
     if config.cache == CACHE_NONE:
         return dataset
-    if config.cache == CACHE_MEMORY:
-        return dataset.cache()
     return dataset.cache(cache_file_prefix(config, source_name, split, shard, max_examples))
 
 
