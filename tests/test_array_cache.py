@@ -1,6 +1,5 @@
 """The memory cache: filled on the first complete pass, served without reading the source after."""
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -82,7 +81,6 @@ def test_examples_without_a_fixed_shape_are_refused():
     examples = _counted_examples(3, tf.Variable(0, dtype=tf.int64))
     with pytest.raises(ValueError, match="the cache holds"):
         ArrayCache(examples.element_spec, capacity=3).indices(examples.map(lambda image, label: image))
-
 
 
 def test_a_cache_made_inside_a_strategy_scope_stays_one_host_array():
