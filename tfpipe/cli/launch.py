@@ -15,12 +15,12 @@ def limit_malloc_arenas() -> None:
     """Caps glibc malloc at one arena per core.
 
     glibc's default of 8 arenas per core lets every tf.data thread keep its own
-    pool of freed decode buffers: on the 2-core benchmark machine that held
-    about 40% more memory than the cached images themselves; one arena per core
-    keeps the peak within 1.3x of them at the same speed (BUILD_NOTES.md). The
-    cap applies to arenas created from now on, so it must come before the first
-    tf.data pipeline runs; a process-wide setting, it belongs to the tools, not
-    to the library.
+    pool of freed decode buffers: on the 2-core benchmark machine a memory-cached
+    epoch peaked at 1.28x-1.36x the cached images with them, 1.07x-1.16x with one
+    arena per core, at the same speed (BUILD_NOTES.md). The cap applies to
+    arenas created from now on, so it must come before the first tf.data
+    pipeline runs; a process-wide setting, it belongs to the tools, not to the
+    library.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
