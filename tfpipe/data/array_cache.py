@@ -80,9 +80,10 @@ class ArrayCache:
         return tf.data.Dataset.range(1).filter(lambda _: (self._size.read_value() != _NOT_FILLED) == filled)
 
     def _start_filling(self):
-        # Empty leaves the memory untouched: pages become resident as slots are written.
+        # Only an unfilled cache starts a pass from the source, so _size is already
+        # _NOT_FILLED. Empty leaves the memory untouched: pages become resident as
+        # slots are written.
         return [
-            self._size.assign(_NOT_FILLED, read_value=False),
             self._written.assign(0, read_value=False),
             *(
                 array.assign(tf.raw_ops.Empty(shape=[self._capacity, *spec.shape], dtype=spec.dtype), read_value=False)
