@@ -59,6 +59,19 @@ def unfreeze_from(base: keras.Model, index: int) -> None:
         layer.trainable = False
 
 
+def trainable_counts(classifier: keras.Model, base: keras.Model, fine_tune_index: int) -> dict:
+    """How many variables each phase trains, read without changing what is trainable.
+
+    Counted on the model as built, where every layer is still trainable: feature
+    extraction trains what lies outside the base, fine-tuning that plus the
+    trainable weights of base.layers[fine_tune_index:].
+    """
+    in_base = {id(variable) for variable in base.weights}
+    head = sum(1 for variable in classifier.trainable_variables if id(variable) not in in_base)
+    tuned = sum(len(layer.trainable_weights) for layer in base.layers[fine_tune_index:])
+    return {FEATURE_EXTRACTION: head, FINE_TUNE: head + tuned}
+
+
 @dataclasses.dataclass(frozen=True)
 class Phase:
     name: str

@@ -1,0 +1,106 @@
+"""TrainConfig: every setting of a fine-tuning run, and the checks that need no data.
+
+The command-line layer fills it from flags; tests and other programs build it
+directly. validate() runs the checks that cost nothing (flag values, split
+syntax, backbone and image size, augmentation, strategy, data service), so a
+typo fails before TensorFlow builds a model or a dataset is prepared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+from tfpipe import augment, backbones, distribute
+from tfpipe import model as model_lib
+from tfpipe.data import pipeline, sources, splits
+from tfpipe.data import service as service_lib
+from tfpipe.errors import TfpipeError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model_dir: str
+    dataset: str = sources.DEFAULT_DATASET
+    data_dir: str | None = None
+    train_split: str = "train[:80%]"
+    val_split: str = "train[80%:90%]"
+    test_split: str = "train[90%:]"
+    pipeline: pipeline.PipelineConfig = pipeline.PipelineConfig()
+    augment: str = augment.DEFAULT_AUGMENT
+    augment_on: str = "model"
+    backbone: str = "mobilenet_v2"
+    alpha: float = 1.0
+    weights: str = "auto"
+    dropout: float = 0.2
+    fine_tune_at: str = "100"
+    initial_epochs: int = 10
+    fine_tune_epochs: int = 10
+    learning_rate: float = 1e-4
+    fine_tune_lr_factor: float = 0.1
+    optimizer: str = "rmsprop"
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    fast_feature_extraction: bool = True
+    strategy: str = "auto"
+    data_service: str | None = None  # grpc://HOST:PORT of a tf.data service dispatcher
+    data_service_sharding: str = "off"
+    overwrite: bool = False
+    verbose: int | str = "auto"
+
+    def fingerprint(self) -> dict:
+        """What decides the run's result: a model_dir only resumes a run with the same values."""
+        # Where a run computes (devices, workers, the data service) is not part of
+        # what it computes: a run can resume on other hardware.
+        ignored = {
+            "model_dir",
+            "data_dir",
+            "overwrite",
+            "verbose",
+            "pipeline",
+            "strategy",
+            "data_service",
+            "data_service_sharding",
+        }
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ignored}
+        values.update({f"pipeline.{k}": v for k, v in dataclasses.asdict(self.pipeline).items() if k != "cache"})
+        return json.loads(json.dumps(values))  # as it reads back from state.json
+
+    def validate(self) -> None:
+        for flag in ("initial_epochs", "fine_tune_epochs"):
+            if getattr(self, flag) < 0:
+                raise TfpipeError(f"--{flag}={getattr(self, flag)} is negative; give 0 or more epochs")
+        if self.initial_epochs + self.fine_tune_epochs == 0:
+            raise TfpipeError("--initial_epochs and --fine_tune_epochs are both 0: there is nothing to train")
+        for flag in ("learning_rate", "fine_tune_lr_factor"):
+            value = getattr(self, flag)
+            if not (value > 0 and math.isfinite(value)):
+                raise TfpipeError(f"--{flag}={value} must be a positive number")
+        if not 0 <= self.dropout < 1:
+            raise TfpipeError(f"--dropout={self.dropout} must be in [0, 1)")
+        if self.optimizer not in model_lib.OPTIMIZERS:
+            raise TfpipeError(f"--optimizer={self.optimizer!r}: use one of {', '.join(model_lib.OPTIMIZERS)}")
+        if not self.val_split:
+            raise TfpipeError("--val_split is empty: the best checkpoint is chosen on the validation split")
+        for flag in ("train_split", "val_split", "test_split"):
+            if getattr(self, flag):
+                splits.parse(getattr(self, flag), flag=flag)
+        backbones.get(self.backbone).check(self.pipeline.image_size, self.alpha)
+        steps = augment.parse(self.augment)
+        augment.check_placement(self.augment_on)
+        if self.jit_compile and self.augment_on == "model" and any(name == "rotation" for name, _ in steps):
+            raise TfpipeError(
+                "--jit_compile with rotation in the model fails: RandomRotation has no XLA kernel in TF 2.21; "
+                "use --augment_on=pipeline or drop rotation from --augment"
+            )
+        self.pipeline.check_cache_folder()
+        distribute.check_strategy(self.strategy)
+        self.service()
+
+    def service(self) -> service_lib.DataService | None:
+        return service_lib.optional_service(self.data_service, self.data_service_sharding)
+
+    @property
+    def uses_fast_feature_extraction(self) -> bool:
+        return self.fast_feature_extraction and not augment.parse(self.augment) and self.initial_epochs > 0
