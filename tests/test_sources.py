@@ -35,6 +35,19 @@ def test_absolute_percent_and_union_slices(tiny_source, split, count):
     assert len(_encoded(tiny_source, split)) == count
 
 
+def test_files_of_formats_tfpipe_does_not_read_get_one_warning(image_folder, caplog):
+    root = image_folder(per_class=2, corrupt=False)
+    for name in ("cat/a.webp", "cat/b.WEBP", "dog/c.tiff", "dog/.hidden"):
+        with open(os.path.join(root, name), "wb") as out:
+            out.write(b"not read")
+    with caplog.at_level(logging.WARNING):
+        source = sources.open_source(f"folder:{root}")
+    warnings = [r.getMessage() for r in caplog.records if "does not read" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "Left out 3 files" in warnings[0] and ".webp: 2, .tiff: 1" in warnings[0]
+    assert source.split_sizes() == {"train": 4}
+
+
 def test_folder_with_class_subfolders_is_one_train_split(image_folder, caplog):
     root = image_folder(per_class=6)
     with caplog.at_level(logging.WARNING):

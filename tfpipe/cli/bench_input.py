@@ -26,7 +26,7 @@ from tfpipe.errors import TfpipeError
 FLAGS = flags.FLAGS
 FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's own
 
-flags.DEFINE_integer("epochs", 3, "Epochs per pipeline: one cold, the rest warm (at least 2).")
+flags.DEFINE_integer("epochs", 3, "Epochs per pipeline: one cold, the rest warm; 1 measures the cold epoch only.")
 flags.DEFINE_integer("max_batches", None, "Use only the first max_batches x batch_size images of the split.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 flags.DEFINE_boolean(
@@ -59,8 +59,8 @@ def main(argv):
 
 
 def run() -> dict:
-    if FLAGS.epochs < 2:
-        raise TfpipeError(f"--epochs={FLAGS.epochs}: need at least 2, one cold and one warm")
+    if FLAGS.epochs < 1:
+        raise TfpipeError(f"--epochs={FLAGS.epochs} must be at least 1 (1 measures the cold epoch only)")
     if FLAGS.max_batches is not None and FLAGS.max_batches <= 0:
         raise TfpipeError(f"--max_batches={FLAGS.max_batches} must be positive")
     splits.parse(FLAGS.train_split, flag="train_split")
@@ -130,7 +130,8 @@ def run() -> dict:
         results[key]["mode"] = mode
         for phase in ("cold", "warm"):
             rate = f"{phase}_images_per_sec"
-            results[f"speedup_{phase}{suffix}"] = round(results["tfpipe"][rate] / results[key][rate], 2)
+            if rate in results[key]:  # no warm epoch with --epochs=1
+                results[f"speedup_{phase}{suffix}"] = round(results["tfpipe"][rate] / results[key][rate], 2)
         results["classic_peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
     return results
 
@@ -154,11 +155,11 @@ def _measure(name, dataset, epochs, num_images, batch_size):
 
 
 def _rates(epochs):
-    return {
-        "cold_images_per_sec": round(epochs[0].images_per_sec, 1),
-        "warm_images_per_sec": round(bench.warm_rate(epochs), 1),
-        "epoch_images_per_sec": [round(e.images_per_sec, 1) for e in epochs],
-    }
+    rates = {"cold_images_per_sec": round(epochs[0].images_per_sec, 1)}
+    if len(epochs) > 1:
+        rates["warm_images_per_sec"] = round(bench.warm_rate(epochs), 1)
+    rates["epoch_images_per_sec"] = [round(e.images_per_sec, 1) for e in epochs]
+    return rates
 
 
 def _cores() -> int:
@@ -175,11 +176,11 @@ def format_table(results: dict) -> str:
     for key, label in rows:
         if key in results:
             r = results[key]
-            lines.append(f"{label:<{width}}{r['cold_images_per_sec']:>16,.0f}{r['warm_images_per_sec']:>16,.0f}")
+            lines.append(f"{label:<{width}}{_column(r['cold_images_per_sec'])}{_column(r.get('warm_images_per_sec'))}")
     for key, _, label, suffix in _BASELINES:
         if key in results:
-            cold, warm = results[f"speedup_cold{suffix}"], results[f"speedup_warm{suffix}"]
-            lines.append(f"{'tfpipe / ' + label:<{width}}{cold:>15.2f}x{warm:>15.2f}x")
+            cold, warm = results[f"speedup_cold{suffix}"], results.get(f"speedup_warm{suffix}")
+            lines.append(f"{'tfpipe / ' + label:<{width}}{_column(cold, 'x')}{_column(warm, 'x')}")
     lines.append(
         f"peak RSS (tfpipe): {results['peak_rss_mb']:,.0f} MB; idle {results['idle_rss_mb']:,.0f} MB; "
         f"+{results['peak_rss_mb'] - results['idle_rss_mb']:,.0f} MB = {results['rss_over_idle_per_cached_mb']:.2f}x "
@@ -197,6 +198,13 @@ def format_table(results: dict) -> str:
         f"{results['num_images']} images of {results['image_size']}px, batch {results['batch_size']}, {results['cores']} cores"
     )
     return "\n".join(lines)
+
+
+def _column(value, unit="") -> str:
+    """A right-aligned table cell: images/s, a ratio with `unit`, or '-' when not measured."""
+    if value is None:
+        return f"{'-':>16}"
+    return f"{value:>15.2f}{unit}" if unit else f"{value:>16,.0f}"
 
 
 if __name__ == "__main__":

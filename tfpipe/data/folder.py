@@ -13,6 +13,7 @@ example counts, the steps per epoch and the progress bars are exact.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -45,7 +46,10 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
 
 def index_folder(root: str) -> FolderIndex:
     root = os.path.abspath(os.path.expanduser(root))
-    layout = find_layout(root)
+    not_read: list[str] = []
+    layout = find_layout(root, not_read=not_read)
+    if not_read:
+        _warn_not_read(root, not_read)
     class_names = tuple(sorted({name for classes in layout.values() for name in classes}))
     class_ids = {name: i for i, name in enumerate(class_names)}
     unreadable = _undecodable([path for classes in layout.values() for files in classes.values() for path in files])
@@ -70,8 +74,12 @@ def index_folder(root: str) -> FolderIndex:
     return FolderIndex(root, class_names, splits, tuple(sorted(unreadable)))
 
 
-def find_layout(root: str) -> dict[str, dict[str, list[str]]]:
-    """split -> class -> image paths, for either supported layout."""
+def find_layout(root: str, not_read: list[str] | None = None) -> dict[str, dict[str, list[str]]]:
+    """split -> class -> image paths, for either supported layout.
+
+    not_read: if given, receives the other files found in the class folders
+    (formats tfpipe does not read), so they can be reported instead of lost silently.
+    """
     if not os.path.isdir(root):
         what = "is not a folder" if os.path.exists(root) else "does not exist"
         raise TfpipeError(f"--dataset=folder:{root}: {root} {what}; give a folder laid out as PATH/CLASS/*.jpg")
@@ -83,10 +91,10 @@ def find_layout(root: str) -> dict[str, dict[str, list[str]]]:
         )
     direct = {name: _images_directly_in(path) for name, path in subfolders.items()}
     if any(direct.values()):  # PATH/CLASS/*
-        layout = {DEFAULT_SPLIT: {name: _images_below(path) for name, path in subfolders.items()}}
+        layout = {DEFAULT_SPLIT: {name: _images_below(path, not_read) for name, path in subfolders.items()}}
     else:  # PATH/SPLIT/CLASS/*
         layout = {
-            split: {name: _images_below(path) for name, path in _subfolders(split_path).items()}
+            split: {name: _images_below(path, not_read) for name, path in _subfolders(split_path).items()}
             for split, split_path in subfolders.items()
         }
         layout = {split: classes for split, classes in layout.items() if classes}
@@ -114,12 +122,30 @@ def _images_directly_in(path: str) -> list[str]:
     return sorted(entry.path for entry in os.scandir(path) if entry.is_file() and _is_image(entry.name))
 
 
-def _images_below(path: str) -> list[str]:
+def _images_below(path: str, not_read: list[str] | None = None) -> list[str]:
     found = []
     for folder, subdirs, files in os.walk(path, followlinks=True):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         found.extend(os.path.join(folder, name) for name in sorted(files) if _is_image(name))
+        if not_read is not None:
+            not_read.extend(
+                os.path.join(folder, name) for name in sorted(files) if not name.startswith(".") and not _is_image(name)
+            )
     return found
+
+
+def _warn_not_read(root: str, paths: list[str]) -> None:
+    """One warning for the files left out because of their format, counted by extension."""
+    extensions = collections.Counter(os.path.splitext(path)[1].lower() or "(no extension)" for path in paths)
+    logging.warning(
+        "Left out %d files in %s that tfpipe does not read (%s; for example %s): it reads %s; convert the others "
+        "to JPEG or PNG to use them.",
+        len(paths),
+        root,
+        ", ".join(f"{extension}: {count}" for extension, count in extensions.most_common()),
+        sorted(paths)[0],
+        ", ".join(IMAGE_EXTENSIONS),
+    )
 
 
 def _undecodable(paths: list[str]) -> set[str]:
