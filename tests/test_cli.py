@@ -86,19 +86,23 @@ def test_train_writes_every_output(tmp_path, data_dir):
     assert events
 
 
-@pytest.mark.slow
-def test_train_resumes_after_kill_9(tmp_path, data_dir):
-    model_dir = tmp_path / "run"
-    command = [
+def _train_command(data_dir, model_dir, *flags):
+    """bin/train on the tiny dataset, as a command line for subprocess."""
+    return [
         sys.executable,
         os.path.join(REPO, "bin", "train"),
         f"--dataset={TINY}",
         f"--data_dir={data_dir}",
         f"--model_dir={model_dir}",
         *TINY_TRAIN,
-        "--initial_epochs=2",
-        "--fine_tune_epochs=4",
+        *flags,
     ]
+
+
+@pytest.mark.slow
+def test_train_resumes_after_kill_9(tmp_path, data_dir):
+    model_dir = tmp_path / "run"
+    command = _train_command(data_dir, model_dir, "--initial_epochs=2", "--fine_tune_epochs=4")
     state_file = model_dir / "checkpoint" / "state.json"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -122,12 +126,35 @@ def test_train_resumes_after_kill_9(tmp_path, data_dir):
     assert [r["phase"] for r in history] == ["feature_extraction"] * 2 + ["fine_tune"] * 4
 
 
+@pytest.mark.slow
+def test_a_second_train_on_a_live_runs_model_dir_is_refused_naming_it(tmp_path, data_dir):
+    model_dir = tmp_path / "run"
+    command = _train_command(data_dir, model_dir, "--initial_epochs=50", "--fine_tune_epochs=0")
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (model_dir / "checkpoint" / "state.json").exists():  # it is training
+            assert first.poll() is None and time.monotonic() < deadline, "the first train did not start training"
+            time.sleep(0.2)
+        started = time.monotonic()
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        refused_after = time.monotonic() - started
+        assert first.poll() is None, "the first run must still be alive"
+    finally:
+        first.kill()
+        first.wait()
+    assert_one_line_error(second, "train", f"is in use by a live run (pid {first.pid} on host")
+    assert refused_after < 60  # TensorFlow's import included; nothing is trained or prepared first
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
         (["--initial_epochs=-1"], "--initial_epochs=-1 is negative"),
         (["--fine_tune_at=500"], "has 154 layers"),
         (["--weights=/missing/file.h5"], "no such file"),
+        (["--weights=fractal"], "ships no pretrained mobilenet_v2 with alpha=0.35; it ships --backbone=mobilenet_v2"),
+        (["--weights=fractal", "--backbone=vgg16", "--alpha=1.0"], "ships no pretrained vgg16"),
         (["--dataset=imagenet_does_not_exist"], "unknown dataset"),
         (["--train_split=train[:80"], "not a valid split"),
     ],
@@ -161,6 +188,18 @@ def test_bench_input_end_to_end_writes_valid_json(tmp_path, data_dir):
     assert "peak RSS" in result.stdout and "reshuffled: yes" in result.stdout
 
 
+def test_bench_input_one_epoch_reports_the_cold_epoch_only(tmp_path, data_dir):
+    out = tmp_path / "bench.json"
+    result = run_bench(data_dir, out, "--epochs=1", "--noclassic_tf_defaults")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = _load_json(out)
+    assert data["tfpipe"]["cold_images_per_sec"] > 0 and data["speedup_cold"] > 0
+    assert "warm_images_per_sec" not in data["tfpipe"] and "speedup_warm" not in data
+    assert len(data["tfpipe"]["epoch_images_per_sec"]) == 1
+    ratio_row = next(line for line in result.stdout.splitlines() if line.startswith("tfpipe / classic (serial)"))
+    assert ratio_row.rstrip().endswith("-")
+
+
 def test_bench_input_max_batches_bounds_the_images(tmp_path, data_dir):
     out = tmp_path / "bench.json"
     result = run_bench(data_dir, out, "--max_batches=2", "--noclassic", "--noclassic_tf_defaults")
@@ -174,7 +213,7 @@ def test_bench_input_max_batches_bounds_the_images(tmp_path, data_dir):
     [
         (["--batch_size=0"], "--batch_size=0 must be a positive"),
         (["--image_size=-1"], "--image_size=-1 must be a positive"),
-        (["--epochs=1"], "need at least 2"),
+        (["--epochs=0"], "--epochs=0 must be at least 1"),
         (["--dataset=folder:/no/such/folder"], "does not exist"),
         (["--train_split=train[50%:50%]"], "selects no examples"),
     ],

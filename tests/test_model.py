@@ -142,7 +142,7 @@ def test_weights_from_a_file_the_test_saves(tmp_path, suffix):
     else:
         saved_base.save_weights(path)
     keras.utils.set_random_seed(99)  # a different initialization, then overwritten by the file
-    loaded = backbones.get("mobilenet_v2").build_base(SIZE, backbones.resolve_weights(path, False), alpha=0.35)
+    loaded = backbones.get("mobilenet_v2").build_base(SIZE, path, alpha=0.35)
     for expected, actual in zip(saved_base.weights, loaded.weights):
         np.testing.assert_array_equal(expected.numpy(), actual.numpy())
 
@@ -154,17 +154,6 @@ def test_a_weights_file_of_another_width_is_a_clear_error(tmp_path):
     base.save_weights(path)
     with pytest.raises(TfpipeError, match="does not fit mobilenet_v2 with alpha=1.0"):
         backbones.get("mobilenet_v2").build_base(SIZE, path, alpha=1.0)
-
-
-def test_a_missing_weights_file_is_a_clear_error(tmp_path):
-    with pytest.raises(TfpipeError, match="no such file"):
-        backbones.resolve_weights(str(tmp_path / "missing.h5"), embedded_dataset=False)
-
-
-def test_auto_weights_are_imagenet_except_on_the_embedded_dataset():
-    assert backbones.resolve_weights("auto", embedded_dataset=True) is None
-    assert backbones.resolve_weights("auto", embedded_dataset=False) == "imagenet"
-    assert backbones.resolve_weights("none", embedded_dataset=False) is None
 
 
 def test_imagenet_weights_offline_fail_in_seconds_with_advice(tmp_path, monkeypatch):

@@ -8,15 +8,14 @@ exported model never need to know which backbone is in use.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable
 
 import keras
 from keras import ops
 
 from tfpipe.errors import TfpipeError
+from tfpipe.weights import CHOICES as WEIGHT_CHOICES
 
-WEIGHT_CHOICES = "auto, imagenet, none or a path to a Keras no-top .h5 file"
 # Keras applications with include_top=False accept inputs from 32 px up.
 MIN_IMAGE_SIZE = 32
 _MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -56,7 +55,8 @@ class Backbone:
             raise TfpipeError(f"--alpha applies to mobilenet_v2 only; leave it at 1.0 for {self.name}")
 
     def build_base(self, image_size: int, weights: str | None, alpha: float = 1.0) -> keras.Model:
-        """The application with include_top=False; weights: 'imagenet', None or a file path."""
+        """The application with include_top=False; weights: 'imagenet', None or a file path
+        (tfpipe.weights.resolve turns --weights into one of them)."""
         self.check(image_size, alpha)
         kwargs = {"alpha": alpha} if self.takes_alpha else {}
         try:
@@ -94,23 +94,3 @@ def get(name: str) -> Backbone:
         return BACKBONES[name]
     except KeyError:
         raise TfpipeError(f"--backbone={name!r} is not known; use one of {', '.join(BACKBONES)}") from None
-
-
-def resolve_weights(weights: str, embedded_dataset: bool) -> str | None:
-    """--weights -> what Keras takes: 'imagenet', None or a path.
-
-    'auto' is ImageNet, except on the embedded dataset, which must run offline.
-    """
-    choice = (weights or "").strip()
-    if choice == "auto":
-        return None if embedded_dataset else "imagenet"
-    if choice == "imagenet":
-        return "imagenet"
-    if choice.lower() == "none":
-        return None
-    if not choice:
-        raise TfpipeError(f"--weights is empty; use {WEIGHT_CHOICES}")
-    path = os.path.abspath(os.path.expanduser(choice))
-    if not os.path.isfile(path):
-        raise TfpipeError(f"--weights={choice}: no such file; give a Keras no-top .h5 file, or {WEIGHT_CHOICES}")
-    return path

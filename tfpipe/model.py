@@ -143,15 +143,21 @@ def build_classifier(
     dropout: float = 0.2,
     augmentation: keras.layers.Layer | None = None,
     seed: int | None = None,
+    frozen_statistics: bool = True,
 ) -> TransferClassifier:
-    """The Functional classifier around `base`; one logit for two classes, else one per class."""
+    """The Functional classifier around `base`; one logit for two classes, else one per class.
+
+    frozen_statistics=False lets the base's BatchNorm layers follow the `training`
+    flag, as training a base from scratch needs (tfpipe.pretrain); fine-tuning a
+    pretrained base keeps them frozen (see the module docstring).
+    """
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
     x = ToFloat(name="to_float", dtype="float32")(inputs)
     if augmentation is not None:
         x = augmentation(x)
     if backbone.scaling is not None:
         x = backbone.scaling()(x)
-    x = InferenceModeBase(base, name=BASE_LAYER)(x)
+    x = InferenceModeBase(base, name=BASE_LAYER)(x) if frozen_statistics else base(x)
     x = keras.layers.GlobalAveragePooling2D(name=POOLING_LAYER)(x)
     x = keras.layers.Dropout(dropout, seed=seed, name=DROPOUT_LAYER)(x)
     # Logits stay float32 under mixed precision, for a stable loss.

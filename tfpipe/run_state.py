@@ -10,7 +10,9 @@ checkpoint/epoch-NNNN.npz; only then does checkpoint/state.json, replaced
 atomically, point at it. A run killed at any moment (even with kill -9 in the
 middle of a write) therefore finds either the previous epoch's state or the new
 one, never a mix; and in feature extraction a checkpoint is a few kilobytes, not
-the whole model.
+the whole model. Training a base from scratch (tfpipe.pretrain) is the exception:
+its BatchNorm statistics change too, so there every weight is checkpointed
+(all_weights=True).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import shutil
 
 import numpy as np
 
+from tfpipe import atomic
 from tfpipe.errors import TfpipeError
 from tfpipe.paths import ensure_writable_dir
+from tfpipe.run_lock import RunLock
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -41,18 +45,12 @@ RUN_OUTPUTS = (
 
 
 def write_json_atomic(path: str, data) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as out:
-        json.dump(data, out, indent=2)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
+    atomic.write_json(path, data)
 
 
 def _save_npz_atomic(path: str, arrays: dict) -> None:
-    temporary = f"{path}.tmp.npz"
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)
+    with atomic.replacing(path, what="a checkpoint") as temporary:
+        np.savez(temporary, **arrays)
 
 
 @dataclasses.dataclass
@@ -70,8 +68,28 @@ class RunState:
 class RunDirectory:
     """--model_dir: its outputs and the resumable state of the run writing them."""
 
-    def __init__(self, path: str, fingerprint: dict, overwrite: bool = False):
+    def __init__(self, path: str, fingerprint: dict, overwrite: bool = False, all_weights: bool = False):
+        """Takes the directory's lock first (RunLock): a live run elsewhere is refused before anything is read."""
         self.path = ensure_writable_dir(path, flag="model_dir")
+        self._lock = RunLock(self.path)
+        try:
+            self._open(fingerprint, overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._all_weights = all_weights
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Lets another run use the directory (the end of the process does it too)."""
+        self._lock.release()
+
+    def _open(self, fingerprint: dict, overwrite: bool) -> None:
         self.checkpoint_dir = os.path.join(self.path, CHECKPOINT_DIR)
         previous = None if overwrite else self._load()
         if previous is not None and previous.fingerprint != fingerprint:
@@ -124,7 +142,7 @@ class RunDirectory:
         improved = record.get("val_loss") is not None and (
             state.best_val_loss is None or record["val_loss"] < state.best_val_loss
         )
-        current = _changeable_values(model)
+        current = _changeable_values(model, self._all_weights)
         if improved:
             state.best_epoch, state.best_val_loss = record["epoch"], record["val_loss"]
             self._best_values = current
@@ -167,7 +185,7 @@ class RunDirectory:
         """Sets `model` to the best epoch's weights; returns the values it replaced, None if no best yet."""
         if not self._best_values:
             return None
-        current = _changeable_values(model)
+        current = _changeable_values(model, self._all_weights)
         with np.load(os.path.join(self.checkpoint_dir, INITIAL_WEIGHTS)) as initial:
             for i, variable in enumerate(model.weights):
                 if i in current or i in self._best_values:
@@ -181,7 +199,8 @@ class RunDirectory:
         if current is None:
             return False
         try:
-            model.save(path)
+            with atomic.replacing(path) as temporary:
+                model.save(temporary)
         finally:
             _assign_values(model, current)
         return True
@@ -211,8 +230,10 @@ class RunDirectory:
                 os.remove(os.path.join(self.checkpoint_dir, name))
 
 
-def _changeable_values(model) -> dict[int, np.ndarray]:
+def _changeable_values(model, all_weights: bool = False) -> dict[int, np.ndarray]:
     """{index in model.weights: value} of the variables training can change now."""
+    if all_weights:
+        return {i: v.numpy() for i, v in enumerate(model.weights)}
     index = {id(v): i for i, v in enumerate(model.weights)}
     return {index[id(v)]: v.numpy() for v in model.trainable_variables}
 

@@ -22,10 +22,10 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfpipe import augment, backbones, callbacks, distribute, features, finetune, report
+from tfpipe import atomic, augment, backbones, callbacks, distribute, features, finetune, report
 from tfpipe import model as model_lib
+from tfpipe import weights as weights_lib
 from tfpipe.data import pipeline, sources
-from tfpipe.data.builders import EMBEDDED_DATASET
 from tfpipe.errors import TfpipeError
 from tfpipe.run_state import RunDirectory, write_json_atomic
 from tfpipe.train_config import TrainConfig
@@ -37,10 +37,6 @@ FINAL_MODEL = "final.keras"
 # Batches whose statistics initialize a random base's BatchNorm layers (weights=none).
 CALIBRATION_BATCHES = 4
 EXPORT_DIR = "export"
-
-
-def is_embedded(dataset: str) -> bool:
-    return dataset.split("/")[0].split(":")[0] == EMBEDDED_DATASET
 
 
 def train(
@@ -60,9 +56,11 @@ def train(
     strategy = strategy or distribute.make_strategy(config.strategy)
     placement = distribute.Placement.of(strategy)
     run_dir = RunDirectory(_model_dir(config, placement), config.fingerprint(), overwrite=config.overwrite)
-    weights = backbones.resolve_weights(config.weights, embedded_dataset=is_embedded(config.dataset))
-    _log_start(log, config, weights, strategy, placement, run_dir)
-    with _dtype_policy("mixed_float16" if config.mixed_precision else None):
+    with run_dir, _dtype_policy("mixed_float16" if config.mixed_precision else None):
+        weights = weights_lib.resolve(
+            config.weights, backbone=config.backbone, alpha=config.alpha, dataset=config.dataset
+        )
+        _log_start(log, config, weights, strategy, placement, run_dir)
         distribute.per_replica_batch(config.pipeline.batch_size, placement.num_replicas)
         if config.pipeline.seed is not None:
             keras.utils.set_random_seed(config.pipeline.seed)  # before any weight is created
@@ -71,7 +69,7 @@ def train(
         data = _RunData.open(config, strategy)
         classifier = _build_classifier(config, base, data.metadata.num_classes, strategy)
         trainable_counts = finetune.trainable_counts(classifier, base.model, base.fine_tune_index)
-        if weights is None and not run_dir.resumed:
+        if weights.keras_weights is None and not run_dir.resumed:
             _calibrate_random_base(classifier, base.model, data, log)
         run_dir.start(classifier)
         fitter = _PhaseFitter(config, run_dir, classifier, base, data, strategy, log)
@@ -101,7 +99,7 @@ def _model_dir(config: TrainConfig, placement) -> str:
 
 
 def _log_start(log, config, weights, strategy, placement, run_dir) -> None:
-    log(f"Weights: {_describe_weights(config.weights, weights)}")
+    log(f"Weights: {weights.description}")
     if placement.num_replicas > 1 or placement.task:
         log(
             f"Strategy: {type(strategy).__name__}, {placement.num_replicas} replicas"
@@ -120,10 +118,10 @@ class _Base:
     fine_tune_index: int
 
     @classmethod
-    def build(cls, config: TrainConfig, weights, strategy) -> _Base:
+    def build(cls, config: TrainConfig, weights: weights_lib.Weights, strategy) -> _Base:
         backbone = backbones.get(config.backbone)
         with strategy.scope():
-            model = backbone.build_base(config.pipeline.image_size, weights, config.alpha)
+            model = backbone.build_base(config.pipeline.image_size, weights.keras_weights, config.alpha)
         return cls(backbone, model, finetune.resolve_fine_tune_at(model, config.fine_tune_at))
 
 
@@ -302,9 +300,11 @@ def _save_models(classifier, last_optimizer, config, data, run_dir, placement, s
         with strategy.scope():
             optimizer = last_optimizer or model_lib.make_optimizer(config.optimizer, config.learning_rate)
             model_lib.compile_classifier(classifier, data.metadata.num_classes, optimizer)
-    classifier.save(run_dir.file(FINAL_MODEL))
+    with atomic.replacing(run_dir.file(FINAL_MODEL)) as temporary:
+        classifier.save(temporary)
     if placement.is_chief:
-        classifier.export(run_dir.file(EXPORT_DIR), verbose=False)
+        with atomic.replacing(run_dir.file(EXPORT_DIR), what="the SavedModel export") as temporary:
+            classifier.export(temporary, verbose=False)
 
 
 def _evaluate_test(classifier, config, data: _RunData, run_dir: RunDirectory) -> dict | None:
@@ -330,8 +330,8 @@ def results_record(
         "trainable_variables": trainable_counts,
         "num_classes": metadata.num_classes,
         "class_names": list(metadata.class_names),
-        "weights": config.weights if config.weights != "auto" else _weights_name(weights),
-        "weights_used": _weights_name(weights),
+        "weights": config.weights if config.weights != weights_lib.AUTO else weights.name,
+        "weights_used": weights.name,
         "wall_seconds": {
             finetune.FEATURE_EXTRACTION: round(phase_seconds.get(finetune.FEATURE_EXTRACTION, 0.0), 2),
             finetune.FINE_TUNE: round(phase_seconds.get(finetune.FINE_TUNE, 0.0), 2),
@@ -349,19 +349,8 @@ def _write_results(results: dict, run_dir: RunDirectory, placement) -> None:
     write_json_atomic(run_dir.file("results.json"), results)
     write_json_atomic(run_dir.file("history.json"), run_dir.state.history)
     if placement.is_chief:
-        report.plot_history(run_dir.state.history, run_dir.file("training_curves.png"))
-
-
-def _weights_name(weights) -> str:
-    return "none" if weights is None else weights
-
-
-def _describe_weights(requested: str, weights) -> str:
-    if requested == "auto" and weights is None:
-        return "none (--weights=auto: the embedded dataset runs offline, so the base starts from random weights)"
-    if weights == "imagenet":
-        return "imagenet (keras.applications downloads them once into ~/.keras/models)"
-    return "none (random initialization)" if weights is None else f"{weights} (loaded by topology)"
+        with atomic.replacing(run_dir.file("training_curves.png")) as temporary:
+            report.plot_history(run_dir.state.history, temporary)
 
 
 @contextlib.contextmanager

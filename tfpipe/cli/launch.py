@@ -53,3 +53,14 @@ def _parse_flags(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     return remaining
+
+
+def run_job(make_config, job):
+    """The body of a tool that writes a --model_dir: flags -> config, then the job with its
+    log on stdout; a TfpipeError becomes one line and exit status 2. Returns (config, results)."""
+    from tfpipe.cli import errors
+
+    with errors.reported():
+        config = make_config()
+        print(f"Model directory: {os.path.abspath(config.model_dir)}", flush=True)
+        return config, job(config, log=lambda message: print(message, flush=True))

@@ -14,8 +14,8 @@ import os
 
 from absl import flags
 
-from tfpipe import backbones, distribute, model
-from tfpipe.cli import data_flags, errors
+from tfpipe import backbones, distribute, model, weights
+from tfpipe.cli import data_flags, launch
 from tfpipe.train import TrainConfig, train
 
 FLAGS = flags.FLAGS
@@ -24,7 +24,10 @@ FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's o
 flags.DEFINE_enum("backbone", "mobilenet_v2", list(backbones.BACKBONES), "Pretrained base.")
 flags.DEFINE_float("alpha", 1.0, "MobileNetV2 width multiplier.")
 flags.DEFINE_string(
-    "weights", "auto", "auto (imagenet; none on the embedded dataset), imagenet, none, or a no-top .h5 file."
+    "weights",
+    weights.AUTO,
+    "auto (fractal on the embedded dataset, imagenet elsewhere), fractal (tfpipe's own base, pretrained offline "
+    "on formula-drawn images), imagenet, none, or a no-top .h5 file.",
 )
 flags.DEFINE_float("dropout", 0.2, "Dropout before the final Dense layer.")
 flags.DEFINE_string("fine_tune_at", "100", "First base layer to fine-tune: an index (0: whole base) or a layer name.")
@@ -82,10 +85,7 @@ def config_from_flags() -> TrainConfig:
 
 def main(argv):
     del argv
-    with errors.reported():
-        config = config_from_flags()
-        print(f"Model directory: {os.path.abspath(config.model_dir)}", flush=True)
-        results = train(config, log=lambda message: print(message, flush=True))
+    config, results = launch.run_job(config_from_flags, train)
     print(summary(results, config.model_dir))
 
 
@@ -97,6 +97,7 @@ def summary(results: dict, model_dir: str) -> str:
         f"  test accuracy: {accuracy:.3f} (loss {results['test_loss']:.3f}), from the best epoch, {results['best_epoch']}"
         if accuracy is not None
         else f"  best epoch: {results['best_epoch']} (no test split)",
+        f"  started from weights: {results['weights_used']}",
         f"  wall time: {results['wall_seconds']['total']:.0f} s "
         f"(feature extraction {results['wall_seconds']['feature_extraction']:.0f} s, "
         f"fine-tuning {results['wall_seconds']['fine_tune']:.0f} s)",

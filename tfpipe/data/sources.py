@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfpipe.data import folder, offline, splits
-from tfpipe.data.builders import EMBEDDED_DATASET
+from tfpipe.data.builders import EMBEDDED_DATASET, LOCAL_DATASETS
 from tfpipe.errors import TfpipeError
 from tfpipe.paths import ensure_writable_dir
 
@@ -176,7 +176,7 @@ def _tfds_builder(spec: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 def _prepare(builder: tfds.core.DatasetBuilder, spec: str, data_dir: str) -> None:
     ensure_writable_dir(data_dir, flag="data_dir")
-    if builder.name != EMBEDDED_DATASET:
+    if builder.name not in LOCAL_DATASETS:
         servers = offline.server_urls(builder.url_infos)
         if not offline.any_reachable(servers, timeout=NETWORK_CHECK_SECONDS):
             raise TfpipeError(

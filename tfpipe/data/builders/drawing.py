@@ -26,7 +26,7 @@ def draw_scene(rng: np.random.Generator, shape: str, height: int, width: int) ->
     if shape not in SHAPE_NAMES:
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPE_NAMES)}")
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    canvas = _background(rng, ys, xs)
+    canvas = background(rng, ys, xs)
     side = min(height, width)
     for _ in range(rng.integers(2, 6)):
         _paint_stroke(rng, canvas, ys, xs, side)
@@ -36,7 +36,8 @@ def draw_scene(rng: np.random.Generator, shape: str, height: int, width: int) ->
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
 
-def _background(rng, ys, xs):
+def background(rng, ys, xs):
+    """A textured colour gradient over the (ys, xs) pixel grid: float32, unclipped."""
     height, width = ys.shape
     start, end = rng.uniform(0, 255, (2, 3)).astype(np.float32)
     angle = rng.uniform(0, 2 * math.pi)
@@ -101,10 +102,10 @@ def _paint_object(rng, canvas, ys, xs, shape, side):
         coverage = _coverage(distance) * _coverage(-distance - thickness)
     else:
         coverage = _coverage(distance)
-    background = canvas[int(cy), int(cx)]
+    under = canvas[int(cy), int(cx)]
     colour = rng.uniform(0, 255, 3)
     for _ in range(20):
-        if np.linalg.norm(colour - background) >= _MIN_CONTRAST:
+        if np.linalg.norm(colour - under) >= _MIN_CONTRAST:
             break
         colour = rng.uniform(0, 255, 3)
     _blend(canvas[box], coverage, colour)
