@@ -7,6 +7,15 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The default --data_dir (folder: and csv: datasets keep their index cache there) is a
+# temporary folder, so tests never write to ~/tensorflow_datasets; subprocesses inherit it.
+if "TFDS_DATA_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tfpipe-tests-tfds-")
+    atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

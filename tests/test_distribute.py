@@ -9,7 +9,15 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, TINY, assert_one_line_error, run_bench, run_tool, tiny_train_config
+from conftest import (
+    REPO,
+    TINY,
+    assert_one_line_error,
+    run_bench,
+    run_tool,
+    tiny_train_config,
+)
+from helpers.images import imbalanced_folder
 from helpers.servers import free_port, start_server, stop
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
@@ -22,15 +30,22 @@ from tfpipe.train import train
 
 @pytest.mark.slow
 def test_mirrored_over_two_cpus_ends_with_the_weights_of_one_device(tmp_path, data_dir):
+    # A 3:1 folder with --class_weight=balanced: the class weights must reach every replica's loss.
+    folder = imbalanced_folder(tmp_path / "images", (30, 10))
     script = os.path.join(REPO, "tests", "helpers", "mirrored_vs_one_device.py")
     result = subprocess.run(
-        [sys.executable, script, data_dir, str(tmp_path)], capture_output=True, text=True, timeout=600
+        [sys.executable, script, data_dir, str(tmp_path), f"folder:{folder}", "balanced"],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == {"one_device": 1, "mirrored": 2}
     assert report["max_abs_difference"] < 1e-3  # after 8 steps, both phases
     assert report["test_loss"]["mirrored"] == pytest.approx(report["test_loss"]["one_device"], rel=1e-3)
+    assert report["class_weights"]["mirrored"] == report["class_weights"]["one_device"]
+    assert report["class_weights"]["mirrored"]["c1"] > 1.5  # the rare class weighs more
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tfpipe.data import folder, sources
+from tfpipe.data import file_index, sources
 from tfpipe.errors import TfpipeError
 
 
@@ -69,7 +69,7 @@ def test_folder_labels_follow_sorted_class_names_and_every_format_decodes(image_
         seen.setdefault(os.path.basename(os.path.dirname(path)), set()).add(label)
         assert path.endswith((".jpg", ".png", ".bmp", ".gif"))
     assert seen == {"ant": {0}, "moth": {1}, "zebra": {2}}
-    images = [folder.decode_image(encoded) for encoded, _ in source.encoded("train")]
+    images = [file_index.decode_image(encoded) for encoded, _ in source.encoded("train")]
     assert len(images) == 12 and all(image.shape[-1] == 3 for image in images)
 
 
@@ -90,7 +90,7 @@ def test_folder_percent_slices_mix_classes(image_folder):
 def test_corrupt_files_never_reach_an_epoch(image_folder):
     source = sources.open_source(f"folder:{image_folder(per_class=3)}")
     for _ in range(2):
-        decoded = [folder.decode_image(encoded) for encoded, _ in source.encoded("train")]
+        decoded = [file_index.decode_image(encoded) for encoded, _ in source.encoded("train")]
         assert len(decoded) == 6
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from tfpipe.data import folder
+from tfpipe.data import file_index
 
 CLASSIC_SHUFFLE_BUFFER = 1000  # the tutorial's SHUFFLE_BUFFER_SIZE
 # The baseline tfpipe's speed targets are stated against: the tutorial's
@@ -62,7 +62,7 @@ def classic_pipeline(
     if max_examples is not None:
         raw = raw.take(max_examples)
     raw = raw.map(
-        lambda encoded, label: (folder.decode_image(encoded), label),
+        lambda encoded, label: (file_index.decode_image(encoded), label),
         num_parallel_calls=None if serial else tf.data.AUTOTUNE,
     )
     if not serial:

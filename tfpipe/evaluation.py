@@ -138,7 +138,7 @@ def evaluate_run(model_dir: str, split: str | None = None, which: str = "best", 
     trained on; returns (report, the folder it was written to). The run's test split
     goes to evaluation/, any other split to evaluation/<split>/."""
     from tfpipe import predict
-    from tfpipe.data import pipeline, sources
+    from tfpipe.data import csv_labels, pipeline, sources
     from tfpipe.run_files import read_run_settings
 
     settings = read_run_settings(model_dir)
@@ -146,7 +146,7 @@ def evaluate_run(model_dir: str, split: str | None = None, which: str = "best", 
     split = split or settings.get("test_split")
     if not split:
         raise TfpipeError(f"the run in {model_dir} has no test split; give --split, e.g. --split='train[90%:]'")
-    source = sources.open_source(settings["dataset"], data_dir)
+    source = sources.open_source(settings["dataset"], data_dir, csv_labels.CsvOptions(**settings.get("csv", {})))
     if source.count(split, flag="split") == 0:
         raise TfpipeError(f"--split={split!r} selects no examples of {source.name}; choose a wider slice")
     if tuple(source.class_names) != trained.class_names:

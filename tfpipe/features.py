@@ -33,9 +33,18 @@ def extract(classifier, datasets: list[tf.data.Dataset]) -> list[tuple[np.ndarra
 
 
 def feature_datasets(
-    features: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool, seed: int | None
+    features: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool, seed: int | None, balance=None
 ) -> tf.data.Dataset:
+    """Batches of (features, labels) as the pipeline makes batches of images: a training
+    dataset is shuffled every epoch and, given a ClassBalance, oversampled or weighted."""
     dataset = tf.data.Dataset.from_tensor_slices((features, labels))
+    balance = balance if training else None
+    if balance is not None:
+        dataset = balance.oversample(dataset, lambda example: example[1], exact=True)
     if training:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+        size = balance.epoch_examples(len(labels)) if balance is not None else len(labels)
+        dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    if balance is not None:
+        dataset = balance.add_weights(dataset)
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -22,19 +22,40 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfpipe import atomic, augment, backbones, callbacks, distribute, evaluation, features, finetune, report
+from tfpipe import (
+    atomic,
+    augment,
+    backbones,
+    callbacks,
+    distribute,
+    evaluation,
+    features,
+    finetune,
+    report,
+)
 from tfpipe import model as model_lib
 from tfpipe import weights as weights_lib
+from tfpipe.data import balance as balance_lib
 from tfpipe.data import pipeline, sources
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.predict import TrainedModel
-from tfpipe.run_files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, HISTORY, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
+from tfpipe.run_files import (
+    BEST_MODEL,
+    EXPORT_DIR,
+    FINAL_MODEL,
+    HISTORY,
+    RESULTS,
+    TENSORBOARD_DIR,
+    TRAINING_CURVES,
+)
 from tfpipe.run_state import RunDirectory
 from tfpipe.train_config import TrainConfig
 
 __all__ = ["TrainConfig", "train"]
 
+# Above this ratio of largest to smallest class, the run suggests correcting the imbalance.
+IMBALANCE_HINT_RATIO = 3
 # Batches whose statistics initialize a random base's BatchNorm layers (weights=none).
 CALIBRATION_BATCHES = 4
 
@@ -64,9 +85,10 @@ def train(
         distribute.per_replica_batch(config.pipeline.batch_size, placement.num_replicas)
         if config.pipeline.seed is not None:
             keras.utils.set_random_seed(config.pipeline.seed)  # before any weight is created
-        sources.check_spec(config.dataset, config.data_dir)  # a typo fails before weights load
+        sources.check_spec(config.dataset, config.data_dir, config.csv)  # a typo fails before weights load
         base = _Base.build(config, weights, strategy)
         data = _RunData.open(config, strategy)
+        _log_classes(log, data)
         classifier = _build_classifier(config, base, data.metadata.num_classes, strategy)
         trainable_counts = finetune.trainable_counts(classifier, base.model, base.fine_tune_index)
         if weights.keras_weights is None and not run_dir.resumed:
@@ -81,6 +103,7 @@ def train(
             run_dir.state,
             base,
             data.metadata,
+            data.balance,
             trainable_counts,
             weights,
             test_scores,
@@ -107,6 +130,20 @@ def _log_start(log, config, weights, strategy, placement, run_dir) -> None:
         )
     if run_dir.resumed:
         log(f"Resuming {run_dir.path} after epoch {run_dir.state.completed_epochs}")
+
+
+def _log_classes(log, data) -> None:
+    counts, balance = data.balance.counts, data.balance
+    if balance.class_weight != balance_lib.NONE or balance.oversamples:
+        log(
+            f"Training split: {min(counts)}-{max(counts)} examples per class; --class_weight={balance.class_weight}, "
+            f"--balance={balance.balance}: {balance.epoch_examples(sum(counts))} examples per epoch"
+        )
+    elif max(counts) > IMBALANCE_HINT_RATIO * max(min(counts), 1):
+        log(
+            f"Training split: {min(counts)}-{max(counts)} examples per class; rare classes may be ignored: "
+            "try --class_weight=balanced or --balance=oversample"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +175,11 @@ class _RunData:
     metadata: sources.DatasetMetadata
     strategy: tf.distribute.Strategy
     augmentation: keras.layers.Layer | None
+    balance: balance_lib.ClassBalance  # the training split's class counts, and how they are corrected
 
     @classmethod
     def open(cls, config: TrainConfig, strategy) -> _RunData:
-        source = sources.open_source(config.dataset, config.data_dir)
+        source = sources.open_source(config.dataset, config.data_dir, config.csv)
         metadata = sources.describe(
             source, train=config.train_split, validation=config.val_split, test=config.test_split
         )
@@ -154,7 +192,9 @@ class _RunData:
         augmentation = None
         if config.augment_on == "pipeline":
             augmentation = augment.build(augment.parse(config.augment), seed=config.pipeline.seed, dtype="float32")
-        return cls(config, source, metadata, strategy, augmentation)
+        counts = tuple(source.class_counts(config.train_split))
+        balance = balance_lib.ClassBalance(counts, config.class_weight, config.balance)
+        return cls(config, source, metadata, strategy, augmentation, balance)
 
     def dataset(self, split: str, *, training: bool, epoch_offset: int = 0):
         """`split` as model.fit takes it under the run's strategy, from the data service if one is set."""
@@ -170,6 +210,7 @@ class _RunData:
                 shard=shard,
                 epoch_offset=epoch_offset,
                 service=service,
+                balance=self.balance if training else None,
             )
 
         return distribute.distributed(self.strategy, make, self.config.pipeline.batch_size)
@@ -251,7 +292,9 @@ class _PhaseFitter:
         seed = self.config.pipeline.seed
         batch = self.config.pipeline.batch_size
         (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local)
-        train_features = features.feature_datasets(train_x, train_y, batch, training=True, seed=seed)
+        train_features = features.feature_datasets(
+            train_x, train_y, batch, training=True, seed=seed, balance=self.data.balance
+        )
         val_features = features.feature_datasets(val_x, val_y, batch, training=False, seed=seed)
         with self.strategy.scope():  # Keras gives a model the strategy it is created under
             head = model_lib.head_of(self.classifier)
@@ -328,7 +371,16 @@ def _evaluate_test(classifier, config, data: _RunData, run_dir: RunDirectory, pl
 
 
 def results_record(
-    config, state, base: _Base, metadata, trainable_counts, weights, test_scores, phase_seconds, seconds_this_call
+    config,
+    state,
+    base: _Base,
+    metadata,
+    balance,
+    trainable_counts,
+    weights,
+    test_scores,
+    phase_seconds,
+    seconds_this_call,
 ) -> dict:
     """What results.json holds, from what the run did: no side effects."""
     trained_seconds = sum(phase_seconds.values())
@@ -351,6 +403,7 @@ def results_record(
         "fast_feature_extraction": config.uses_fast_feature_extraction,
         "dataset": metadata.name,
         "examples": metadata.num_examples,
+        **balance.record(metadata.class_names),
         "epochs": len(state.history),
     }
 

@@ -14,7 +14,7 @@ import math
 
 from tfpipe import augment, backbones, distribute
 from tfpipe import model as model_lib
-from tfpipe.data import pipeline, sources, splits
+from tfpipe.data import balance, csv_labels, pipeline, sources, splits
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 
@@ -24,6 +24,7 @@ class TrainConfig:
     model_dir: str
     dataset: str = sources.DEFAULT_DATASET
     data_dir: str | None = None
+    csv: csv_labels.CsvOptions = csv_labels.CsvOptions()  # how to read a csv: dataset
     train_split: str = "train[:80%]"
     val_split: str = "train[80%:90%]"
     test_split: str = "train[90%:]"
@@ -39,6 +40,8 @@ class TrainConfig:
     fine_tune_epochs: int = 10
     learning_rate: float = 1e-4
     fine_tune_lr_factor: float = 0.1
+    class_weight: str = balance.NONE  # balance.CLASS_WEIGHTS
+    balance: str = balance.NONE  # balance.BALANCES
     optimizer: str = "rmsprop"
     mixed_precision: bool = False
     jit_compile: bool = False
@@ -81,6 +84,7 @@ class TrainConfig:
                 raise TfpipeError(f"--{flag}={value} must be a positive number")
         if not 0 <= self.dropout < 1:
             raise TfpipeError(f"--dropout={self.dropout} must be in [0, 1)")
+        balance.check(self.class_weight, self.balance)
         if self.optimizer not in model_lib.OPTIMIZERS:
             raise TfpipeError(f"--optimizer={self.optimizer!r}: use one of {', '.join(model_lib.OPTIMIZERS)}")
         if not self.val_split:

@@ -1,6 +1,8 @@
 """Trains the same short run on one CPU device and mirrored over two logical CPUs;
 prints the largest weight difference. Run as a script: logical devices must be
-configured before TensorFlow initializes, so it cannot share a pytest process."""
+configured before TensorFlow initializes, so it cannot share a pytest process.
+
+Usage: DATA_DIR OUT_DIR [DATASET [CLASS_WEIGHT]]; a folder: dataset starts from random weights."""
 
 import json
 import sys
@@ -16,6 +18,8 @@ from tfpipe.data.pipeline import PipelineConfig  # noqa: E402
 from tfpipe.train import TrainConfig, train  # noqa: E402
 
 data_dir, out_dir = sys.argv[1], sys.argv[2]
+dataset = sys.argv[3] if len(sys.argv) > 3 else "tfpipe_shapes/tiny"
+class_weight = sys.argv[4] if len(sys.argv) > 4 else "none"
 weights = {}
 for name, strategy in (
     ("one_device", tf.distribute.OneDeviceStrategy("/cpu:0")),
@@ -23,7 +27,9 @@ for name, strategy in (
 ):
     config = TrainConfig(
         model_dir=f"{out_dir}/{name}",
-        dataset="tfpipe_shapes/tiny",
+        dataset=dataset,
+        class_weight=class_weight,
+        weights="none" if dataset.startswith("folder:") else "auto",
         data_dir=data_dir,
         pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1),
         alpha=0.35,
@@ -48,6 +54,7 @@ print(
             "max_abs_difference": difference,
             "replicas": {k: v[2] for k, v in weights.items()},
             "test_loss": {k: v[1]["test_loss"] for k, v in weights.items()},
+            "class_weights": {k: v[1]["class_weights"] for k, v in weights.items()},
         }
     )
 )

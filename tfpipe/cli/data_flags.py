@@ -9,7 +9,7 @@ from __future__ import annotations
 from absl import flags
 
 from tfpipe import augment
-from tfpipe.data import pipeline, service, sources
+from tfpipe.data import csv_labels, pipeline, service, sources
 
 FLAGS = flags.FLAGS
 
@@ -17,10 +17,26 @@ flags.DEFINE_string(
     "dataset",
     sources.DEFAULT_DATASET,
     "A tfds name with optional /CONFIG and :VERSION (cats_vs_dogs, tf_flowers, beans:0.1.0), "
-    "folder:PATH for PATH/CLASS/* or PATH/SPLIT/CLASS/* images, or the embedded tfpipe_shapes "
-    "(configs small, large, multiclass; runs offline).",
+    "folder:PATH for PATH/CLASS/* or PATH/SPLIT/CLASS/* images, csv:LABELS.csv for images listed with "
+    "their labels in a CSV, or the embedded tfpipe_shapes (configs small, large, multiclass; runs offline).",
 )
-flags.DEFINE_string("data_dir", None, "Where tfds datasets are prepared and read; default ~/tensorflow_datasets.")
+flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Where tfds datasets are prepared and read, and where folder: and csv: datasets keep their index cache "
+    "(DATA_DIR/tfpipe_index); default ~/tensorflow_datasets.",
+)
+flags.DEFINE_string("image_dir", None, "csv: datasets: the folder the CSV's files are in; default: the CSV's folder.")
+flags.DEFINE_string(
+    "csv_file_column",
+    None,
+    f"csv: datasets: the column naming each image file; default: the first of {', '.join(csv_labels.FILE_COLUMNS)}.",
+)
+flags.DEFINE_string(
+    "csv_label_column",
+    None,
+    f"csv: datasets: the column holding each label; default: the first of {', '.join(csv_labels.LABEL_COLUMNS)}.",
+)
 flags.DEFINE_string("train_split", "train[:80%]", "Training split, in tfds slicing syntax.")
 flags.DEFINE_string("val_split", "train[80%:90%]", "Validation split, in tfds slicing syntax.")
 flags.DEFINE_string("test_split", "train[90%:]", "Test split, in tfds slicing syntax; empty for none.")
@@ -61,6 +77,12 @@ def pipeline_config() -> pipeline.PipelineConfig:
         shuffle_buffer=FLAGS.shuffle_buffer,
         seed=FLAGS.seed,
         jpeg_dct_scaling=FLAGS.jpeg_dct_scaling,
+    )
+
+
+def csv_options() -> csv_labels.CsvOptions:
+    return csv_labels.CsvOptions(
+        image_dir=FLAGS.image_dir, file_column=FLAGS.csv_file_column, label_column=FLAGS.csv_label_column
     )
 
 

@@ -16,6 +16,7 @@ from absl import flags
 
 from tfpipe import backbones, distribute, model, run_files, weights
 from tfpipe.cli import data_flags, launch
+from tfpipe.data import balance
 from tfpipe.train import TrainConfig, train
 
 FLAGS = flags.FLAGS
@@ -35,6 +36,18 @@ flags.DEFINE_integer("initial_epochs", 10, "Feature-extraction epochs, base froz
 flags.DEFINE_integer("fine_tune_epochs", 10, "Fine-tuning epochs after them; 0 keeps the base frozen throughout.")
 flags.DEFINE_float("learning_rate", 1e-4, "Learning rate of feature extraction.")
 flags.DEFINE_float("fine_tune_lr_factor", 0.1, "Fine-tuning learning rate = learning_rate x this.")
+flags.DEFINE_enum(
+    "class_weight",
+    balance.NONE,
+    list(balance.CLASS_WEIGHTS),
+    "balanced: weight each class's loss by n / (classes x its count), so rare classes count as much as common ones.",
+)
+flags.DEFINE_enum(
+    "balance",
+    balance.NONE,
+    list(balance.BALANCES),
+    "oversample: repeat each class's training images up to the largest class's count every epoch.",
+)
 flags.DEFINE_enum("optimizer", "rmsprop", list(model.OPTIMIZERS), "Optimizer of both phases.")
 flags.DEFINE_boolean("mixed_precision", False, "Compute in float16 with loss scaling (for GPUs).")
 flags.DEFINE_boolean("jit_compile", False, "Compile the training step with XLA.")
@@ -57,6 +70,7 @@ def config_from_flags() -> TrainConfig:
         model_dir=model_dir,
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
+        csv=data_flags.csv_options(),
         train_split=FLAGS.train_split,
         val_split=FLAGS.val_split,
         test_split=FLAGS.test_split,
@@ -72,6 +86,8 @@ def config_from_flags() -> TrainConfig:
         fine_tune_epochs=FLAGS.fine_tune_epochs,
         learning_rate=FLAGS.learning_rate,
         fine_tune_lr_factor=FLAGS.fine_tune_lr_factor,
+        class_weight=FLAGS.class_weight,
+        balance=FLAGS.balance,
         optimizer=FLAGS.optimizer,
         mixed_precision=FLAGS.mixed_precision,
         jit_compile=FLAGS.jit_compile,

@@ -1,50 +1,27 @@
 """Image folders as a dataset: PATH/CLASS/* or PATH/SPLIT/CLASS/*.
 
 Class ids follow the sorted class folder names (the union over splits, so every
-split agrees). Within a split, files are ordered by a hash of their relative
-path: a fixed, class-mixed order, so `train[:80%]` of a folder holds every class
-in proportion, exactly as slicing a (shuffled-on-write) tfds dataset does.
-
-Files that cannot be decoded are found up front, by decoding every file once
-with the same TensorFlow decoder the pipeline uses, in parallel; they are left
-out and reported in one warning. So an epoch never meets a broken file, and the
-example counts, the steps per epoch and the progress bars are exact.
+split agrees). Within a split, files take file_index's fixed class-mixed order,
+and files that cannot be decoded are left out and reported in one warning
+(file_index finds them, decoding only what its index cache does not know).
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import hashlib
 import os
 
-import numpy as np
-import tensorflow as tf
 from absl import logging
 
+from tfpipe.data import file_index
 from tfpipe.errors import TfpipeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_SPLIT = "train"
 
 
-@dataclasses.dataclass(frozen=True)
-class FolderIndex:
-    root: str
-    class_names: tuple[str, ...]
-    # split name -> (paths, labels), in the fixed hashed order
-    splits: dict[str, tuple[tuple[str, ...], tuple[int, ...]]]
-    unreadable: tuple[str, ...]
-
-
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """Any JPEG, PNG, BMP or GIF (first frame) to an (H, W, 3) uint8 tensor."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def index_folder(root: str) -> FolderIndex:
+def index_folder(root: str, cache_dir: str | None = None) -> file_index.FileIndex:
+    """The folder's files and labels; cache_dir: where the index cache lives (None: none)."""
     root = os.path.abspath(os.path.expanduser(root))
     not_read: list[str] = []
     layout = find_layout(root, not_read=not_read)
@@ -52,26 +29,26 @@ def index_folder(root: str) -> FolderIndex:
         _warn_not_read(root, not_read)
     class_names = tuple(sorted({name for classes in layout.values() for name in classes}))
     class_ids = {name: i for i, name in enumerate(class_names)}
-    unreadable = _undecodable([path for classes in layout.values() for files in classes.values() for path in files])
-    splits = {}
-    for split, classes in layout.items():
-        entries = [
-            (path, class_ids[name]) for name, files in classes.items() for path in files if path not in unreadable
-        ]
-        entries.sort(key=lambda entry: hashlib.md5(os.path.relpath(entry[0], root).encode()).hexdigest())
-        splits[split] = (tuple(p for p, _ in entries), tuple(label for _, label in entries))
+    all_files = [path for classes in layout.values() for files in classes.values() for path in files]
+    unreadable = file_index.undecodable(all_files, root, cache_dir)
+    splits = {
+        split: file_index.mixed_order(
+            [(path, class_ids[name]) for name, files in classes.items() for path in files if path not in unreadable],
+            root,
+        )
+        for split, classes in layout.items()
+    }
     if unreadable:
-        example = sorted(unreadable)[0]
         logging.warning(
             "Skipped %d of %d files in %s that could not be decoded as images (for example %s).",
             len(unreadable),
-            sum(len(files) for classes in layout.values() for files in classes.values()),
+            len(all_files),
             root,
-            example,
+            sorted(unreadable)[0],
         )
     if not any(paths for paths, _ in splits.values()):
         raise TfpipeError(f"folder {root} has no image that can be decoded: every file failed to decode")
-    return FolderIndex(root, class_names, splits, tuple(sorted(unreadable)))
+    return file_index.FileIndex(root, class_names, splits, tuple(sorted(unreadable)))
 
 
 def find_layout(root: str, not_read: list[str] | None = None) -> dict[str, dict[str, list[str]]]:
@@ -147,25 +124,3 @@ def _warn_not_read(root: str, paths: list[str]) -> None:
         sorted(paths)[0],
         ", ".join(IMAGE_EXTENSIONS),
     )
-
-
-def _undecodable(paths: list[str]) -> set[str]:
-    """The paths TensorFlow's decoder rejects, found by decoding all of them in parallel."""
-    if not paths:
-        return set()
-
-    def decodes(index):
-        image = decode_image(tf.io.read_file(tf.gather(path_tensor, index)))
-        return index, tf.shape(image)  # returning a result keeps the decode from being pruned
-
-    path_tensor = tf.constant(paths)
-    checked = (
-        tf.data.Dataset.range(len(paths))
-        .map(decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-        .ignore_errors()
-        .batch(1024)
-    )
-    decoded = np.zeros(len(paths), dtype=bool)
-    for indices, _ in checked.as_numpy_iterator():
-        decoded[indices] = True
-    return {path for path, ok in zip(paths, decoded) if not ok}

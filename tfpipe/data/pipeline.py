@@ -1,7 +1,7 @@
 """tfpipe's input pipeline: encoded images -> batches of uint8 images and labels.
 
-    read -> decode + resize (parallel, uint8) -> cache -> shuffle -> batch
-         -> [augment, only when placed in the pipeline] -> prefetch
+    read -> decode + resize (parallel, uint8) -> cache -> [oversample] -> shuffle
+         -> batch -> [augment, only when placed in the pipeline] -> [class weights] -> prefetch
 
 With the memory cache (the default), the cache is an ArrayCache: the images sit
 in one array, the shuffle and batch stages work on their indices, and each batch
@@ -15,6 +15,8 @@ Why this order:
 - Shuffle comes after the cache and before batch, and reshuffles every epoch, so
   every epoch sees new batches. (Caching after batch() would freeze the batches:
   fast, and wrong.)
+- Oversampling (balance.py) repeats cached examples, so the cache holds each
+  image once; it comes before the shuffle, which spreads the copies apart.
 - drop_remainder on training batches keeps shapes static for the compiled step.
 - Prefetch is last so the consumer never waits for the stages before it.
   Its depth is fixed (PREFETCH_BATCHES) rather than autotuned, for a steady peak memory.
@@ -30,7 +32,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from tfpipe.data import folder
+from tfpipe.data import file_index
 from tfpipe.data.array_cache import ArrayCache
 from tfpipe.errors import TfpipeError
 from tfpipe.paths import ensure_writable_dir
@@ -82,10 +84,10 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int, jpeg_dct_scaling: boo
         image = tf.cond(
             tf.strings.substr(encoded, 0, 3) == _JPEG_MAGIC,
             lambda: _decode_jpeg_near(encoded, image_size),
-            lambda: folder.decode_image(encoded),
+            lambda: file_index.decode_image(encoded),
         )
     else:
-        image = folder.decode_image(encoded)
+        image = file_index.decode_image(encoded)
     image.set_shape([None, None, 3])
     # TensorFlow's bilinear kernel is vectorized for float32 input only: casting
     # first makes the resize about 40% cheaper than resizing uint8 directly.
@@ -116,6 +118,7 @@ def build(
     epoch_offset: int = 0,
     max_examples: int | None = None,
     service=None,
+    balance=None,
 ) -> tf.data.Dataset:
     """Batches of (uint8 images [B, S, S, 3], int64 labels [B]) from `split` of `source`.
 
@@ -130,6 +133,8 @@ def build(
       the cache then holds exactly them.
     service: a tfpipe.data.service.DataService: everything before prefetch runs
       on its workers, without a cache (it would not outlive the epoch there).
+    balance: a tfpipe.data.balance.ClassBalance for training batches: oversampled
+      and/or weighted (images, labels, sample weights).
     """
     dataset = source.encoded(split, whole=service is None or not service.dynamic)
     if shard is not None:
@@ -148,6 +153,12 @@ def build(
         dataset = array_cache.indices(dataset)
     elif service is None:
         dataset = _file_cache(dataset, config, source.name, split, shard, max_examples)
+    balance = balance if training else None
+    if balance is not None:
+        label_of = (lambda index: array_cache.gather(index)[1]) if array_cache else (lambda example: example[1])
+        whole = shard is None and service is None and max_examples is None
+        dataset = balance.oversample(dataset, label_of, exact=whole)
+        examples = balance.epoch_examples(examples)
     if training:
         seed = None if config.seed is None else config.seed + epoch_offset
         dataset = dataset.shuffle(config.shuffle_buffer or examples, seed=seed, reshuffle_each_iteration=True)
@@ -161,6 +172,8 @@ def build(
             lambda images, labels: (augment_to_uint8(augmentation, images), labels),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    if balance is not None:
+        dataset = balance.add_weights(dataset)
     if service is not None:
         dataset = service.distribute(dataset)
     return dataset.prefetch(PREFETCH_BATCHES).with_options(pipeline_options(config.seed))

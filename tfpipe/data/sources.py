@@ -4,6 +4,7 @@ A spec is one of:
   tfpipe_shapes[/CONFIG]     the embedded dataset (default), drawn locally, no network
   NAME[/CONFIG][:VERSION]    any tfds image-classification dataset (cats_vs_dogs, tf_flowers, beans)
   folder:PATH                PATH/CLASS/* or PATH/SPLIT/CLASS/* (JPEG, PNG, BMP, GIF)
+  csv:PATH                   a CSV of image files and labels (tfpipe.data.csv_labels)
 
 Every source yields (encoded image bytes, int64 label) in a fixed order and
 answers split strings in tfds slicing syntax; decoding is the pipeline's job.
@@ -19,12 +20,13 @@ import warnings
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tfpipe.data import folder, offline, splits
+from tfpipe.data import csv_labels, file_index, folder, offline, splits
 from tfpipe.data.builders import EMBEDDED_DATASET, LOCAL_DATASETS
 from tfpipe.errors import TfpipeError
 from tfpipe.paths import ensure_writable_dir
 
 FOLDER_PREFIX = "folder:"
+CSV_PREFIX = csv_labels.PREFIX
 DEFAULT_DATASET = EMBEDDED_DATASET
 # Seconds one network check may take before a tfds download is declared impossible.
 NETWORK_CHECK_SECONDS = 8.0
@@ -47,6 +49,18 @@ class Source(abc.ABC):
     def count(self, split: str, *, flag: str = "split") -> int:
         """Examples that `split` selects; raises TfpipeError on a bad split string."""
         return splits.count(splits.resolve(split, self.split_sizes(), flag=flag))
+
+    def labels(self, split: str) -> list[int]:
+        """The labels of `split`'s examples, in order: one pass over the records, no image decoded."""
+        labels = self.encoded(split).map(lambda _, label: label, num_parallel_calls=tf.data.AUTOTUNE)
+        return [int(label) for label in labels.as_numpy_iterator()]
+
+    def class_counts(self, split: str) -> list[int]:
+        """Examples of each class in `split`."""
+        counts = [0] * self.num_classes
+        for label in self.labels(split):
+            counts[label] += 1
+        return counts
 
     @abc.abstractmethod
     def encoded(self, split: str, *, parallel: bool = True, whole: bool = True) -> tf.data.Dataset:
@@ -103,11 +117,13 @@ class TfdsSource(Source):
         return dataset.map(lambda image, label: (image, tf.cast(label, tf.int64)))
 
 
-class FolderSource(Source):
-    def __init__(self, root: str):
-        self._index = folder.index_folder(root)
-        self.name = f"{FOLDER_PREFIX}{self._index.root}"
-        self.class_names = self._index.class_names
+class FileSource(Source):
+    """A folder: or csv: dataset: files listed with their labels, read by path."""
+
+    def __init__(self, name: str, index: file_index.FileIndex):
+        self._index = index
+        self.name = name
+        self.class_names = index.class_names
 
     @property
     def unreadable_files(self) -> tuple[str, ...]:
@@ -115,6 +131,14 @@ class FolderSource(Source):
 
     def split_sizes(self) -> dict[str, int]:
         return {name: len(paths) for name, (paths, _) in self._index.splits.items()}
+
+    def labels(self, split: str) -> list[int]:
+        """The labels of `split`'s examples, in order."""
+        return [
+            label
+            for part in splits.resolve(split, self.split_sizes())
+            for label in self._index.splits[part.split][1][part.start : part.stop]
+        ]
 
     def encoded(self, split: str, *, parallel: bool = True, whole: bool = True) -> tf.data.Dataset:
         del whole  # a list of files splits cleanly under any sharding
@@ -139,21 +163,33 @@ def _resolve_data_dir(data_dir: str | None) -> str:
     return os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
 
 
-def check_spec(spec: str, data_dir: str | None = None) -> None:
-    """The cheap half of open_source: the name or folder exists. Raises TfpipeError."""
+def check_spec(spec: str, data_dir: str | None = None, csv: csv_labels.CsvOptions = csv_labels.CsvOptions()) -> None:
+    """The cheap half of open_source: the name, folder or CSV and its columns exist. Raises TfpipeError."""
     spec = spec.strip()
     if spec.startswith(FOLDER_PREFIX):
         folder.find_layout(os.path.abspath(os.path.expanduser(spec[len(FOLDER_PREFIX) :])))
+    elif spec.startswith(CSV_PREFIX):
+        csv_labels.check(spec[len(CSV_PREFIX) :], csv)
     else:
         _tfds_builder(spec, _resolve_data_dir(data_dir))
 
 
-def open_source(spec: str, data_dir: str | None = None) -> Source:
-    """The source a --dataset spec names, prepared and ready to read."""
+def open_source(spec: str, data_dir: str | None = None, csv: csv_labels.CsvOptions = csv_labels.CsvOptions()) -> Source:
+    """The source a --dataset spec names, prepared and ready to read.
+
+    data_dir: where tfds datasets are prepared, and where folder: and csv:
+    datasets keep their index cache (DATA_DIR/tfpipe_index).
+    csv: how to read a csv: dataset (ignored by the others).
+    """
     spec = spec.strip()
-    if spec.startswith(FOLDER_PREFIX):
-        return FolderSource(spec[len(FOLDER_PREFIX) :])
     data_dir = _resolve_data_dir(data_dir)
+    index_cache = os.path.join(data_dir, file_index.INDEX_CACHE_DIR)
+    if spec.startswith(FOLDER_PREFIX):
+        index = folder.index_folder(spec[len(FOLDER_PREFIX) :], index_cache)
+        return FileSource(f"{FOLDER_PREFIX}{index.root}", index)
+    if spec.startswith(CSV_PREFIX):
+        path = os.path.abspath(os.path.expanduser(spec[len(CSV_PREFIX) :]))
+        return FileSource(f"{CSV_PREFIX}{path}", csv_labels.index_csv(path, csv, index_cache))
     builder = _tfds_builder(spec, data_dir)
     if not builder.is_prepared():
         _prepare(builder, spec, data_dir)
@@ -167,6 +203,7 @@ def _tfds_builder(spec: str, data_dir: str) -> tfds.core.DatasetBuilder:
         raise TfpipeError(
             f"unknown dataset {spec!r}: use the embedded {EMBEDDED_DATASET!r} (the default, offline; "
             f"configs small, large, multiclass), '{FOLDER_PREFIX}PATH' for a folder of images, "
+            f"'{CSV_PREFIX}LABELS.csv' for images listed in a CSV, "
             "or a tfds name such as cats_vs_dogs (listed by tfds.list_builders())"
         ) from None
     except (ValueError, AssertionError) as error:  # e.g. an unknown config or version
