@@ -9,13 +9,17 @@ from __future__ import annotations
 from absl import flags
 
 from tfpipe import augment
-from tfpipe.data import csv_labels, pipeline, service, sources
+from tfpipe.data import csv_labels, pipeline, service
+from tfpipe.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
+# Defaults come from the library's own: a run from flags and one from TrainConfig() agree.
+_RUN = TrainConfig(model_dir="")
+_PIPELINE = _RUN.pipeline
 
 flags.DEFINE_string(
     "dataset",
-    sources.DEFAULT_DATASET,
+    _RUN.dataset,
     "A tfds name with optional /CONFIG and :VERSION (cats_vs_dogs, tf_flowers, beans:0.1.0), "
     "folder:PATH for PATH/CLASS/* or PATH/SPLIT/CLASS/* images, csv:LABELS.csv for images listed with "
     "their labels in a CSV, or the embedded tfpipe_shapes (configs small, large, multiclass; runs offline).",
@@ -37,33 +41,39 @@ flags.DEFINE_string(
     None,
     f"csv: datasets: the column holding each label; default: the first of {', '.join(csv_labels.LABEL_COLUMNS)}.",
 )
-flags.DEFINE_string("train_split", "train[:80%]", "Training split, in tfds slicing syntax.")
-flags.DEFINE_string("val_split", "train[80%:90%]", "Validation split, in tfds slicing syntax.")
-flags.DEFINE_string("test_split", "train[90%:]", "Test split, in tfds slicing syntax; empty for none.")
-flags.DEFINE_integer("image_size", 160, "Images are resized to image_size x image_size.")
-flags.DEFINE_integer("batch_size", 32, "Global batch size.")
+flags.DEFINE_string("train_split", _RUN.train_split, "Training split, in tfds slicing syntax.")
+flags.DEFINE_string("val_split", _RUN.val_split, "Validation split, in tfds slicing syntax.")
+flags.DEFINE_string("test_split", _RUN.test_split, "Test split, in tfds slicing syntax; empty for none.")
+flags.DEFINE_integer("image_size", _PIPELINE.image_size, "Images are resized to image_size x image_size.")
+flags.DEFINE_integer("batch_size", _PIPELINE.batch_size, "Global batch size.")
 flags.DEFINE_string(
-    "cache", pipeline.CACHE_MEMORY, "Cache of resized uint8 images: memory, none, or a folder for a file cache."
+    "cache", _PIPELINE.cache, "Cache of resized uint8 images: memory, none, or a folder for a file cache."
 )
-flags.DEFINE_integer("shuffle_buffer", 1000, "Shuffle buffer in images; 0 shuffles the whole split.")
-flags.DEFINE_integer("seed", None, "Seed for shuffling, augmentation and initialization; unset: random.")
+flags.DEFINE_integer(
+    "shuffle_buffer", _PIPELINE.shuffle_buffer, "Shuffle buffer in images; 0 shuffles the whole split."
+)
+flags.DEFINE_integer("seed", _PIPELINE.seed, "Seed for shuffling, augmentation and initialization; unset: random.")
 flags.DEFINE_boolean(
-    "jpeg_dct_scaling", True, "Decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below image_size) before resizing."
+    "jpeg_dct_scaling",
+    _PIPELINE.jpeg_dct_scaling,
+    "Decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below image_size) before resizing.",
 )
-flags.DEFINE_string("augment", augment.DEFAULT_AUGMENT, "Augmentation layers: NAME[=VALUE],... or none.")
-flags.DEFINE_enum("augment_on", "model", augment.PLACEMENTS, "Run augmentation in the model or in the pipeline.")
+flags.DEFINE_string("augment", _RUN.augment, "Augmentation layers: NAME[=VALUE],... or none.")
+flags.DEFINE_enum(
+    "augment_on", _RUN.augment_on, augment.PLACEMENTS, "Run augmentation in the model or in the pipeline."
+)
 flags.DEFINE_string(
     "data_service", None, "grpc://HOST:PORT of a tf.data service dispatcher: preprocess there instead of here."
 )
 flags.DEFINE_enum(
     "data_service_sharding",
-    "off",
-    ["off", "dynamic"],
+    _RUN.data_service_sharding,
+    list(service.SHARDING),
     "off: every worker runs the whole pipeline; dynamic: each example once per epoch.",
 )
 flags.DEFINE_float(
     "data_service_timeout",
-    service.STALL_SECONDS,
+    _RUN.data_service_timeout,
     "Seconds without a batch from the service after which tfpipe checks its dispatcher and workers and "
     "stops with one line naming one that is gone (0: never check).",
 )

@@ -14,54 +14,63 @@ import os
 
 from absl import flags
 
-from tfpipe import backbones, distribute, model, run_files, weights
+from tfpipe import backbones, distribute, model, run_files
 from tfpipe.cli import data_flags, launch
 from tfpipe.data import balance
 from tfpipe.train import TrainConfig, train
 
 FLAGS = flags.FLAGS
 FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's own
+_DEFAULTS = TrainConfig(model_dir="")  # every flag's default is the library's
 
-flags.DEFINE_enum("backbone", "mobilenet_v2", list(backbones.BACKBONES), "Pretrained base.")
-flags.DEFINE_float("alpha", 1.0, "MobileNetV2 width multiplier.")
+flags.DEFINE_enum("backbone", _DEFAULTS.backbone, list(backbones.BACKBONES), "Pretrained base.")
+flags.DEFINE_float("alpha", _DEFAULTS.alpha, "MobileNetV2 width multiplier.")
 flags.DEFINE_string(
     "weights",
-    weights.AUTO,
+    _DEFAULTS.weights,
     "auto (fractal on the embedded dataset, imagenet elsewhere), fractal (tfpipe's own base, pretrained offline "
     "on formula-drawn images), imagenet, none, or a no-top .h5 file.",
 )
-flags.DEFINE_float("dropout", 0.2, "Dropout before the final Dense layer.")
-flags.DEFINE_string("fine_tune_at", "100", "First base layer to fine-tune: an index (0: whole base) or a layer name.")
-flags.DEFINE_integer("initial_epochs", 10, "Feature-extraction epochs, base frozen.")
-flags.DEFINE_integer("fine_tune_epochs", 10, "Fine-tuning epochs after them; 0 keeps the base frozen throughout.")
-flags.DEFINE_float("learning_rate", 1e-4, "Learning rate of feature extraction.")
-flags.DEFINE_float("fine_tune_lr_factor", 0.1, "Fine-tuning learning rate = learning_rate x this.")
+flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the final Dense layer.")
+flags.DEFINE_string(
+    "fine_tune_at", _DEFAULTS.fine_tune_at, "First base layer to fine-tune: an index (0: whole base) or a layer name."
+)
+flags.DEFINE_integer("initial_epochs", _DEFAULTS.initial_epochs, "Feature-extraction epochs, base frozen.")
+flags.DEFINE_integer(
+    "fine_tune_epochs", _DEFAULTS.fine_tune_epochs, "Fine-tuning epochs after them; 0 keeps the base frozen throughout."
+)
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Learning rate of feature extraction.")
+flags.DEFINE_float(
+    "fine_tune_lr_factor", _DEFAULTS.fine_tune_lr_factor, "Fine-tuning learning rate = learning_rate x this."
+)
 flags.DEFINE_enum(
     "class_weight",
-    balance.NONE,
+    _DEFAULTS.class_weight,
     list(balance.CLASS_WEIGHTS),
     "balanced: weight each class's loss by n / (classes x its count), so rare classes count as much as common ones.",
 )
 flags.DEFINE_enum(
     "balance",
-    balance.NONE,
+    _DEFAULTS.balance,
     list(balance.BALANCES),
     "oversample: repeat each class's training images up to the largest class's count every epoch.",
 )
-flags.DEFINE_enum("optimizer", "rmsprop", list(model.OPTIMIZERS), "Optimizer of both phases.")
-flags.DEFINE_boolean("mixed_precision", False, "Compute in float16 with loss scaling (for GPUs).")
-flags.DEFINE_boolean("jit_compile", False, "Compile the training step with XLA.")
+flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, list(model.OPTIMIZERS), "Optimizer of both phases.")
+flags.DEFINE_boolean("mixed_precision", _DEFAULTS.mixed_precision, "Compute in float16 with loss scaling (for GPUs).")
+flags.DEFINE_boolean("jit_compile", _DEFAULTS.jit_compile, "Compile the training step with XLA.")
 flags.DEFINE_boolean(
-    "fast_feature_extraction", True, "With --augment=none, run the frozen base once and train the head on its features."
+    "fast_feature_extraction",
+    _DEFAULTS.fast_feature_extraction,
+    "With --augment=none, run the frozen base once and train the head on its features.",
 )
 flags.DEFINE_enum(
     "strategy",
-    "auto",
+    _DEFAULTS.strategy,
     list(distribute.STRATEGIES),
     "auto (mirrored when more than one GPU is visible), one_device, mirrored, or multi_worker (reads TF_CONFIG).",
 )
 flags.DEFINE_string("model_dir", None, "Output folder; default: a new runs/YYYYmmdd-HHMMSS. Reuse it to resume.")
-flags.DEFINE_boolean("overwrite", False, "Replace what --model_dir holds instead of resuming it.")
+flags.DEFINE_boolean("overwrite", _DEFAULTS.overwrite, "Replace what --model_dir holds instead of resuming it.")
 
 
 def config_from_flags() -> TrainConfig:
@@ -124,7 +133,8 @@ def summary(results: dict, model_dir: str) -> str:
     lines = [
         "",
         "Done.",
-        f"  test accuracy: {accuracy:.3f} (loss {results['test_loss']:.3f}), from the best epoch, {results['best_epoch']}"
+        f"  test accuracy: {accuracy:.3f} (loss {results['test_loss']:.3f}), "
+        f"from the best epoch, {results['best_epoch']}"
         if accuracy is not None
         else f"  best epoch: {results['best_epoch']} (no test split)",
         f"  started from weights: {results['weights_used']}",
