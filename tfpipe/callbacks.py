@@ -1,4 +1,6 @@
-"""Keras callbacks that make a run resumable and keep its best model."""
+"""What a run does around Keras' fit: time its phases, record every epoch in the run
+directory (the checkpoint a resumed run starts from, the best weights so far), and
+stop at a non-finite loss."""
 
 from __future__ import annotations
 

@@ -40,15 +40,7 @@ from tfpipe.data import pipeline, sources
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.predict import TrainedModel
-from tfpipe.run_files import (
-    BEST_MODEL,
-    EXPORT_DIR,
-    FINAL_MODEL,
-    HISTORY,
-    RESULTS,
-    TENSORBOARD_DIR,
-    TRAINING_CURVES,
-)
+from tfpipe.run_files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
 from tfpipe.run_state import RunDirectory
 from tfpipe.train_config import TrainConfig
 
@@ -409,8 +401,7 @@ def results_record(
 
 
 def _write_results(results: dict, run_dir: RunDirectory, placement) -> None:
-    atomic.write_json(run_dir.file(RESULTS), results)
-    atomic.write_json(run_dir.file(HISTORY), run_dir.state.history)
+    atomic.write_json(run_dir.file(RESULTS), results)  # history.json is written with every epoch's checkpoint
     if placement.is_chief:
         with atomic.replacing(run_dir.file(TRAINING_CURVES)) as temporary:
             report.plot_history(run_dir.state.history, temporary)

@@ -12,12 +12,11 @@ _M_ARENA_MAX = -8
 
 
 def limit_malloc_arenas() -> None:
-    """Caps glibc malloc at one arena per core.
+    """Caps glibc malloc at one arena per core, and at least two.
 
     glibc's default of 8 arenas per core lets every tf.data thread keep its own
-    pool of freed decode buffers: on the 2-core benchmark machine a memory-cached
-    epoch peaked at 1.28x-1.36x the cached images with them, 1.07x-1.16x with one
-    arena per core, at the same speed (BUILD_NOTES.md). The cap applies to
+    pool of freed decode buffers, which raised the peak memory of a cached epoch
+    at no gain in speed (measured in BUILD_NOTES.md). The cap applies to
     arenas created from now on, so it must come before the first tf.data
     pipeline runs; a process-wide setting, it belongs to the tools, not to the
     library.

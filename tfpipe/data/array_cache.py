@@ -8,11 +8,11 @@ examples with one copy (gather).
 
 Why not Dataset.cache(): it keeps every image as its own allocation, made while
 the decoding threads allocate and free buffers of every size. glibc malloc can
-neither reuse nor return the holes left between cached images; on the 2-core
-benchmark machine they held another 17-46% of the images' size, varying with
-thread timing (BUILD_NOTES.md). Here each component has one buffer, allocated
-when a pass starts and written once per slot, so the cache costs the examples'
-bytes and no more. A later pass shuffles 8-byte indices instead of images.
+neither reuse nor return the holes left between cached images, which then hold
+a large and varying share of the images' size on top (measured in BUILD_NOTES.md).
+Here each component has one buffer, allocated when a pass starts and written
+once per slot, so the cache costs the examples' bytes and no more. A later pass
+shuffles 8-byte indices instead of images.
 
 One pass at a time: two iterators over the same cache would fill it together.
 A pass that stops early (take(), an interrupted epoch) leaves the cache

@@ -44,7 +44,7 @@ _JPEG_SCALES = (1, 2, 4, 8)
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # Batches ready ahead of the consumer. Two absorb a slow step; deeper buffers add
 # no throughput in steady state, and tf.data's autotuned depth sometimes grew by
-# 60 batches (+150 MB at 160 px) mid-run on the benchmark machine.
+# tens of batches mid-run (BUILD_NOTES.md), each a batch of images of memory.
 PREFETCH_BATCHES = 2
 
 
@@ -90,7 +90,7 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int, jpeg_dct_scaling: boo
         image = file_index.decode_image(encoded)
     image.set_shape([None, None, 3])
     # TensorFlow's bilinear kernel is vectorized for float32 input only: casting
-    # first makes the resize about 40% cheaper than resizing uint8 directly.
+    # first makes the resize cheaper than resizing uint8 directly.
     resized = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], method="bilinear")
     # Bilinear values are convex combinations of uint8 pixels: no clipping needed.
     return tf.cast(tf.round(resized), tf.uint8)
@@ -163,7 +163,7 @@ def build(
         seed = None if config.seed is None else config.seed + epoch_offset
         dataset = dataset.shuffle(config.shuffle_buffer or examples, seed=seed, reshuffle_each_iteration=True)
     # A plain batch(): copying uint8 images is cheap, and a parallel batch's extra
-    # buffers cost about 10% more memory for no speed on the benchmark machine.
+    # buffers cost memory for no speed on the benchmark machine.
     dataset = dataset.batch(config.batch_size, drop_remainder=training)
     if array_cache is not None:
         dataset = dataset.map(array_cache.gather, num_parallel_calls=tf.data.AUTOTUNE)
