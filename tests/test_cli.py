@@ -200,14 +200,6 @@ def test_bench_input_one_epoch_reports_the_cold_epoch_only(tmp_path, data_dir):
     assert ratio_row.rstrip().endswith("-")
 
 
-def test_bench_input_max_batches_bounds_the_images(tmp_path, data_dir):
-    out = tmp_path / "bench.json"
-    result = run_bench(data_dir, out, "--max_batches=2", "--noclassic", "--noclassic_tf_defaults")
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = _load_json(out)
-    assert data["num_images"] == 16 and "classic" not in data and "classic_tf_defaults" not in data
-
-
 @pytest.mark.parametrize(
     "flags, message",
     [

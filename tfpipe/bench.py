@@ -7,7 +7,9 @@ overhead per batch does not cap the rate being measured; only the pipeline does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
+import os
 import resource
 import statistics
 import time
@@ -15,7 +17,9 @@ from typing import Callable
 
 import tensorflow as tf
 
-from tfpipe.data import file_index
+from tfpipe.data import file_index, pipeline, sources
+from tfpipe.data import service as service_lib
+from tfpipe.errors import TfpipeError
 
 CLASSIC_SHUFFLE_BUFFER = 1000  # the tutorial's SHUFFLE_BUFFER_SIZE
 # The baseline tfpipe's speed targets are stated against: the tutorial's
@@ -24,7 +28,139 @@ CLASSIC_SERIAL = "serial"
 # The same code as it runs with today's TensorFlow and tfds defaults.
 CLASSIC_TF_DEFAULTS = "tf_defaults"
 CLASSIC_MODES = (CLASSIC_SERIAL, CLASSIC_TF_DEFAULTS)
+# Each classic baseline's key in the results and the suffix of its speedup keys
+# (the issue's JSON names the serial one's plainly: speedup_cold, speedup_warm).
+BASELINE_RECORDS = {CLASSIC_SERIAL: ("classic", ""), CLASSIC_TF_DEFAULTS: ("classic_tf_defaults", "_vs_tf_defaults")}
 _BATCHES_PER_PULL = 16
+
+
+def compare(
+    open_source: Callable[[], sources.Source],
+    split: str,
+    config: pipeline.PipelineConfig,
+    *,
+    epochs: int = 3,
+    max_batches: int | None = None,
+    augmentation=None,
+    service: service_lib.DataService | None = None,
+    baselines=CLASSIC_MODES,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
+    """tfpipe's pipeline against the classic ones on `split`: what bench_input reports and writes.
+
+    open_source: opens the dataset; it is timed as part of the start-up (from
+      here to tfpipe's first batch), which is what a training run pays too.
+    The order matters: tfpipe's start-up first (cold files, fresh index cache
+    use); then one pass reads every file, so every pipeline finds them in the OS
+    page cache; then tfpipe's epochs, before the classic ones, so its peak
+    memory is its own.
+    """
+    started = time.monotonic()
+    source = open_source()
+    metadata = sources.describe(source, train=split)
+    indexed = time.monotonic()
+    num_images = metadata.num_examples["train"]
+    if max_batches is not None:
+        num_images = min(num_images, max_batches * config.batch_size)
+    if num_images < config.batch_size:
+        raise TfpipeError(
+            f"{split} gives {num_images} images, fewer than one batch of --batch_size={config.batch_size}"
+        )
+    max_examples = num_images if max_batches is not None else None
+    tfpipe_ds = pipeline.build(
+        source, split, config, training=True, augmentation=augmentation, max_examples=max_examples, service=service
+    )
+    with service_lib.watching(service):
+        next(iter(tfpipe_ds))
+    first_batch = time.monotonic()
+    log(f"Dataset {source.name}, split {split}: {num_images} images; {cores()} cores")
+    log(
+        f"Start-up: {first_batch - started:.2f} s to the first batch ({indexed - started:.2f} s opening and "
+        f"indexing the dataset, {first_batch - indexed:.2f} s building the pipeline and filling its shuffle buffer)"
+    )
+    run_epoch(source.encoded(split).take(num_images).batch(256))
+    idle_rss = current_rss_mb()
+    measure = functools.partial(
+        _measure, epochs=epochs, num_images=num_images, batch_size=config.batch_size, log=log, progress=progress
+    )
+    with service_lib.watching(service):
+        tfpipe_epochs = measure("tfpipe", tfpipe_ds)
+        tfpipe_peak = peak_rss_mb()
+        reshuffled = epochs_reshuffled(tfpipe_ds)
+    cached_mb = num_images * config.image_size**2 * 3 / 2**20  # the uint8 images a memory cache holds
+    results = {
+        "tfpipe": _rates(tfpipe_epochs),
+        "start_up_seconds": {
+            "index": round(indexed - started, 2),
+            "first_batch": round(first_batch - indexed, 2),
+            "total": round(first_batch - started, 2),
+        },
+        "num_images": num_images,
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
+        "cores": cores(),
+        "dataset": source.name,
+        "split": split,
+        "cache": config.cache,
+        "epochs": epochs,
+        "jpeg_dct_scaling": config.jpeg_dct_scaling,
+        "augment_in_pipeline": augmentation is not None,
+        "data_service": service.address if service is not None else None,
+        "data_service_sharding": service.sharding if service is not None else None,
+        "epochs_reshuffled": reshuffled,
+        "peak_rss_mb": round(tfpipe_peak, 1),
+        "idle_rss_mb": round(idle_rss, 1),
+        "cached_images_mb": round(cached_mb, 1),
+        "rss_over_idle_per_cached_mb": round((tfpipe_peak - idle_rss) / cached_mb, 2),
+    }
+    for mode in baselines:
+        key, suffix = BASELINE_RECORDS[mode]
+        classic_ds = classic_pipeline(
+            source, split, config.image_size, config.batch_size, max_examples=max_examples, mode=mode
+        )
+        results[key] = {**_rates(measure(key, classic_ds)), "mode": mode}
+        for phase in ("cold", "warm"):
+            rate = f"{phase}_images_per_sec"
+            if rate in results[key]:  # no warm epoch with one epoch
+                results[f"speedup_{phase}{suffix}"] = round(results["tfpipe"][rate] / results[key][rate], 2)
+        results["classic_peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return results
+
+
+def _measure(name, dataset, *, epochs, num_images, batch_size, log, progress) -> list[Epoch]:
+    from keras.utils import Progbar
+
+    timings = []
+    for epoch in range(1, epochs + 1):
+        log(f"{name} epoch {epoch}/{epochs} ({'cold' if epoch == 1 else 'warm'})")
+        on_progress = None
+        if progress:
+            bar = Progbar(target=-(-num_images // batch_size), unit_name="batch", stateful_metrics=["images"])
+            on_progress = lambda b, i, bar=bar: bar.update(b, values=[("images", i)])  # noqa: E731
+        timing = run_epoch(dataset, on_progress=on_progress)
+        log(
+            f"  {timing.images} images in {timing.seconds:.2f} s: {timing.images_per_sec:,.0f} images/s; "
+            f"RSS {current_rss_mb():,.0f} MB, peak {peak_rss_mb():,.0f} MB"
+        )
+        timings.append(timing)
+    return timings
+
+
+def _rates(epochs: list[Epoch]) -> dict:
+    rates = {"cold_images_per_sec": round(epochs[0].images_per_sec, 1)}
+    if len(epochs) > 1:
+        rates["warm_images_per_sec"] = round(warm_rate(epochs), 1)
+    rates["epoch_images_per_sec"] = [round(e.images_per_sec, 1) for e in epochs]
+    return rates
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def classic_pipeline(
