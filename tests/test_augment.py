@@ -96,3 +96,12 @@ def test_pipeline_augmentation_differs_between_epochs(tiny_source):
     dataset = pipeline.build(tiny_source, "train[:8]", config, training=True, augmentation=aug)
     first, second = (next(iter(dataset))[0].numpy() for _ in range(2))
     assert not np.array_equal(first, second)
+
+
+def test_augmentation_in_the_pipeline_is_refused_with_the_data_service_before_any_work(tmp_path):
+    from tfpipe.train_config import TrainConfig
+
+    config = TrainConfig(model_dir=str(tmp_path), augment_on="pipeline", data_service="grpc://localhost:5050")
+    with pytest.raises(TfpipeError, match="--augment_on=pipeline cannot run on the tf.data service"):
+        config.validate()
+    TrainConfig(model_dir=str(tmp_path), augment_on="model", data_service="grpc://localhost:5050").validate()

@@ -130,7 +130,15 @@ def build(
     return keras.Sequential(layers, name="augmentation")
 
 
-def check_placement(placement: str) -> str:
+def check_placement(placement: str, *, data_service: bool = False) -> str:
+    """`placement`, checked; data_service: the pipeline runs on tf.data service workers."""
     if placement not in PLACEMENTS:
         raise TfpipeError(f"--augment_on={placement!r}: use 'model' (on the accelerator) or 'pipeline' (in tf.data)")
+    if placement == "pipeline" and data_service:
+        # Keras' random layers keep their seed generator's state in variables of
+        # this process, which a pipeline serialized to the service's workers cannot read.
+        raise TfpipeError(
+            "--augment_on=pipeline cannot run on the tf.data service: Keras augmentation layers keep "
+            "random-seed variables in the trainer's process; use --augment_on=model with --data_service"
+        )
     return placement

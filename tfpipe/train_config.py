@@ -94,7 +94,7 @@ class TrainConfig:
                 splits.parse(getattr(self, flag), flag=flag)
         backbones.get(self.backbone).check(self.pipeline.image_size, self.alpha)
         steps = augment.parse(self.augment)
-        augment.check_placement(self.augment_on)
+        augment.check_placement(self.augment_on, data_service=self.data_service is not None)
         if self.jit_compile and self.augment_on == "model" and any(name == "rotation" for name, _ in steps):
             raise TfpipeError(
                 "--jit_compile with rotation in the model fails: RandomRotation has no XLA kernel in TF 2.21; "

@@ -62,7 +62,9 @@ def run() -> dict:
     data_service = data_flags.data_service()  # a malformed address fails now, before any data work
     steps = data_flags.augment_steps()
     augmentation = (
-        augment.build(steps, seed=FLAGS.seed) if augment.check_placement(FLAGS.augment_on) == "pipeline" else None
+        augment.build(steps, seed=FLAGS.seed)
+        if augment.check_placement(FLAGS.augment_on, data_service=data_service is not None) == "pipeline"
+        else None
     )
     config.check_cache_folder()
     return bench.compare(

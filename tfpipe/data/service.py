@@ -111,9 +111,8 @@ class DataService:
         if "error" in outcome:
             reason = re.sub(r"\{\{[^}]*\}\}\s*", "", " ".join(str(outcome["error"]).split()))[:400]
             raise TfpipeError(
-                f"tf.data service cannot run this pipeline: {reason}. Pipelines that capture state from the "
-                "trainer (Keras augmentation layers in tf.data keep random-seed variables) cannot go to the "
-                "service; use --augment_on=model"
+                f"tf.data service cannot run this pipeline: {reason}. A pipeline that captures state "
+                "(variables, resources) of the trainer's process cannot go to the service's workers"
             )
         if "id" not in outcome:
             raise TfpipeError(
