@@ -132,10 +132,12 @@ def test_a_csv_that_names_no_existing_image_says_where_it_looked(tmp_path):
         sources.open_source(f"csv:{root / 'labels.csv'}", csv=csv_labels.CsvOptions(image_dir=str(root / "empty")))
 
 
-def test_one_class_is_refused(tmp_path):
-    root = _kaggle_folder(tmp_path, _rows(4, labels=("dingo",)))
-    with pytest.raises(TfpipeError, match="1 class; a classifier needs at least 2"):
-        sources.describe(sources.open_source(f"csv:{root / 'labels.csv'}"), train="train")
+def test_one_class_is_refused_by_train_before_training(tmp_path):
+    root = _kaggle_folder(tmp_path, _rows(20, labels=("dingo",)))
+    result = run_tool(
+        "train", f"--dataset=csv:{root / 'labels.csv'}", "--weights=none", f"--model_dir={tmp_path / 'r'}"
+    )
+    assert_one_line_error(result, "train", "has 1 class; a classifier needs at least 2")
 
 
 def test_train_cli_reads_a_csv_dataset_and_evaluate_reopens_it(tmp_path):

@@ -20,6 +20,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfpipe import backbones
+from tfpipe.errors import TfpipeError
 
 AUGMENTATION_LAYER = "augmentation"
 BASE_LAYER = "base"
@@ -177,6 +178,14 @@ def loss_and_metrics(num_classes: int):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True), [
         keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     ]
+
+
+def check_num_classes(num_classes: int, dataset: str) -> None:
+    """A classifier tells at least two classes apart: TfpipeError otherwise, before training."""
+    if num_classes < 2:
+        raise TfpipeError(
+            f"{dataset} has {num_classes} class{'' if num_classes == 1 else 'es'}; a classifier needs at least 2"
+        )
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:

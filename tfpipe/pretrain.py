@@ -129,6 +129,7 @@ def pretrain(config: PretrainConfig, *, extra_callbacks: tuple = (), log: Callab
 def _open_data(config: PretrainConfig):
     source = sources.open_source(config.dataset, config.data_dir)
     metadata = sources.describe(source, train=config.train_split, validation=config.val_split)
+    model_lib.check_num_classes(metadata.num_classes, source.name)
     batch = config.pipeline.batch_size
     if metadata.num_examples["train"] < batch:
         raise TfpipeError(

@@ -175,6 +175,7 @@ class _RunData:
         metadata = sources.describe(
             source, train=config.train_split, validation=config.val_split, test=config.test_split
         )
+        model_lib.check_num_classes(metadata.num_classes, source.name)
         batch_size = config.pipeline.batch_size
         if metadata.num_examples["train"] < batch_size:
             raise TfpipeError(

@@ -253,6 +253,4 @@ def describe(source: Source, **split_specs: str) -> DatasetMetadata:
                 f"--{flag}={spec!r} selects no examples of {source.name} (splits: "
                 f"{', '.join(f'{k}={v}' for k, v in source.split_sizes().items())}); choose a wider slice"
             )
-    if source.num_classes < 2:
-        raise TfpipeError(f"{source.name} has {source.num_classes} class; a classifier needs at least 2")
     return DatasetMetadata(source.name, tuple(source.class_names), split_specs, counts)
