@@ -1,5 +1,7 @@
 """The embedded dataset: a real tfds builder, deterministic, JPEG, classes in the shapes."""
 
+import tempfile
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -7,6 +9,16 @@ import tensorflow_datasets as tfds
 from tfpipe.data.builders import EMBEDDED_DATASET, TfpipeShapes
 from tfpipe.data.builders.drawing import SHAPE_NAMES, draw_scene
 from tfpipe.data.builders.shapes import render_example
+
+
+class TinyConfigsTest(tfds.testing.DatasetBuilderTestCase):
+    """tfds' declarative builder test: registration, info, preparation and the split's size."""
+
+    DATASET_CLASS = TfpipeShapes
+    BUILDER_CONFIG_NAMES_TO_TEST = ["tiny", "tiny_multiclass"]
+    SPLITS = {"train": 40}
+    SKIP_CHECKSUMS = True
+    EXAMPLE_DIR = tempfile.mkdtemp()  # nothing to download, so no dummy data
 
 
 def _config(name):

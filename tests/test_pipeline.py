@@ -80,9 +80,19 @@ def test_cached_contents_are_stable_while_the_order_changes(tiny_source, tmp_pat
         assert any(name.endswith(".index") for name in os.listdir(tmp_path / "cache"))
 
 
-def test_whole_split_shuffle_buffer(tiny_source):
-    dataset = pipeline.build(tiny_source, SPLIT, _config(shuffle_buffer=0), training=True)
-    assert sorted(_all_fingerprints(dataset)) == sorted(_all_fingerprints(dataset))
+def test_the_shuffle_buffer_bounds_how_far_an_image_moves_forward(tiny_source):
+    """With a buffer of b, output i is drawn from source images [0, i + b): none moves up b or more."""
+    in_order = _all_fingerprints(pipeline.build(tiny_source, SPLIT, _config(), training=False))
+    source_index = {image: i for i, image in enumerate(in_order)}
+
+    def furthest_move_forward(buffer):
+        epoch = _all_fingerprints(pipeline.build(tiny_source, SPLIT, _config(shuffle_buffer=buffer), training=True))
+        assert sorted(epoch) == sorted(in_order)
+        return max(source_index[image] - position for position, image in enumerate(epoch))
+
+    assert furthest_move_forward(1) == 0  # a buffer of one does not shuffle
+    assert 0 < furthest_move_forward(4) <= 3
+    assert furthest_move_forward(0) > 8  # 0: the whole split, so images move far
 
 
 def test_the_same_seed_gives_the_same_order(tiny_source):
