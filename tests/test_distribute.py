@@ -173,7 +173,14 @@ def test_sharding_off_gives_each_worker_the_whole_pipeline(tiny_source, local_se
     assert len(seen) == 80 and len(set(seen)) == 40
 
 
-def test_a_training_run_takes_its_batches_from_the_service(tmp_path, data_dir, local_service):
+def test_a_training_run_takes_its_batches_from_the_service(tmp_path, data_dir, local_service, monkeypatch):
+    from tfpipe.data import service_watch
+
+    delivered = []  # every batch read from the service is noted by the watch: count them
+    note = service_watch.note_batch
+    monkeypatch.setattr(
+        service_watch, "note_batch", lambda dispatcher: delivered.append(dispatcher) or note(dispatcher)
+    )
     config = tiny_train_config(
         tmp_path,
         data_dir,
@@ -185,6 +192,8 @@ def test_a_training_run_takes_its_batches_from_the_service(tmp_path, data_dir, l
     results = train(config, log=lambda _: None)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history) == 1 and np.isfinite(history[0]["loss"]) and results["test_accuracy"] is not None
+    # 32 training images in batches of 8 (less a worker's partial batch), plus the validation batch
+    assert len(delivered) >= 4 and set(delivered) == {local_service.removeprefix("grpc://")}
 
 
 def test_an_unreachable_dispatcher_fails_within_15_seconds(tiny_source):
