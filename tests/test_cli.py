@@ -151,7 +151,7 @@ def test_a_second_train_on_a_live_runs_model_dir_is_refused_naming_it(tmp_path, 
     "flags, message",
     [
         (["--initial_epochs=-1"], "--initial_epochs=-1 is negative"),
-        (["--fine_tune_at=500"], "has 154 layers"),
+        (["--fine_tune_at=500"], "--fine_tune_at=500 is out of range"),
         (["--weights=/missing/file.h5"], "no such file"),
         (["--weights=fractal"], "ships no pretrained mobilenet_v2 with alpha=0.35; it ships --backbone=mobilenet_v2"),
         (["--weights=fractal", "--backbone=vgg16", "--alpha=1.0"], "ships no pretrained vgg16"),

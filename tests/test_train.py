@@ -61,8 +61,10 @@ def test_epochs_are_numbered_1_to_n_across_both_phases(tmp_path, data_dir):
     assert [r["learning_rate"] for r in history] == pytest.approx([1e-3] * 2 + [1e-4] * 3)
     for record in history:
         assert set(record) == {"epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
-    assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 56}
-    assert results["base_layers"] == 154 and results["num_classes"] == 2
+    # What the base has is test_model's business; here: the record reports both phases' counts.
+    counts = results["trainable_variables"]
+    assert set(counts) == {"feature_extraction", "fine_tune"} and 0 < counts["feature_extraction"] < counts["fine_tune"]
+    assert results["base_layers"] > results["fine_tune_at"] == 100 and results["num_classes"] == 2
     best = min(history, key=lambda r: r["val_loss"])["epoch"]
     assert results["best_epoch"] == best
     assert 0 <= results["test_accuracy"] <= 1 and math.isfinite(results["test_loss"])
@@ -171,7 +173,7 @@ def test_base_frozen_throughout_and_multiclass(tmp_path, data_dir):
         ({"initial_epochs": -1}, "--initial_epochs=-1 is negative"),
         ({"fine_tune_epochs": -2}, "--fine_tune_epochs=-2 is negative"),
         ({"initial_epochs": 0, "fine_tune_epochs": 0}, "nothing to train"),
-        ({"fine_tune_at": "154"}, "has 154 layers"),
+        ({"fine_tune_at": "500"}, "--fine_tune_at=500 is out of range"),
         ({"fine_tune_at": "block_99_add"}, "not a layer of"),
         ({"backbone": "vgg16", "alpha": 1.0, "fine_tune_at": "100"}, "has 19 layers"),
         ({"weights": "/no/such/weights.h5"}, "no such file"),
