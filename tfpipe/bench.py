@@ -51,56 +51,36 @@ def compare(
 
     open_source: opens the dataset; it is timed as part of the start-up (from
       here to tfpipe's first batch), which is what a training run pays too.
-    The order matters: tfpipe's start-up first (cold files, fresh index cache
-    use); then one pass reads every file, so every pipeline finds them in the OS
-    page cache; then tfpipe's epochs, before the classic ones, so its peak
+    The order matters: tfpipe's start-up first (cold files, the index cache as
+    found); then one pass reads every file, so every pipeline finds them in the
+    OS page cache; then tfpipe's epochs, before the classic ones, so its peak
     memory is its own.
     """
-    started = time.monotonic()
-    source = open_source()
-    metadata = sources.describe(source, train=split)
-    indexed = time.monotonic()
-    num_images = metadata.num_examples["train"]
-    if max_batches is not None:
-        num_images = min(num_images, max_batches * config.batch_size)
-    if num_images < config.batch_size:
-        raise TfpipeError(
-            f"{split} gives {num_images} images, fewer than one batch of --batch_size={config.batch_size}"
-        )
-    max_examples = num_images if max_batches is not None else None
-    tfpipe_ds = pipeline.build(
-        source, split, config, training=True, augmentation=augmentation, max_examples=max_examples, service=service
-    )
-    with service_lib.watching(service):
-        next(iter(tfpipe_ds))
-    first_batch = time.monotonic()
-    log(f"Dataset {source.name}, split {split}: {num_images} images; {cores()} cores")
+    start = _StartUp.measure(open_source, split, config, max_batches, augmentation, service)
+    log(f"Dataset {start.source.name}, split {split}: {start.num_images} images; {cores()} cores")
     log(
-        f"Start-up: {first_batch - started:.2f} s to the first batch ({indexed - started:.2f} s opening and "
-        f"indexing the dataset, {first_batch - indexed:.2f} s building the pipeline and filling its shuffle buffer)"
+        f"Start-up: {start.seconds['total']:.2f} s to the first batch ({start.seconds['index']:.2f} s opening and "
+        f"indexing the dataset, {start.seconds['first_batch']:.2f} s building the pipeline and filling its "
+        "shuffle buffer)"
     )
-    run_epoch(source.encoded(split).take(num_images).batch(256))
+    run_epoch(start.source.encoded(split).take(start.num_images).batch(256))
     idle_rss = current_rss_mb()
     measure = functools.partial(
-        _measure, epochs=epochs, num_images=num_images, batch_size=config.batch_size, log=log, progress=progress
+        _measure, epochs=epochs, num_images=start.num_images, batch_size=config.batch_size, log=log, progress=progress
     )
     with service_lib.watching(service):
-        tfpipe_epochs = measure("tfpipe", tfpipe_ds)
+        tfpipe_epochs = measure("tfpipe", start.dataset)
         tfpipe_peak = peak_rss_mb()
-        reshuffled = epochs_reshuffled(tfpipe_ds)
-    cached_mb = num_images * config.image_size**2 * 3 / 2**20  # the uint8 images a memory cache holds
+        reshuffled = epochs_reshuffled(start.dataset)
+    cached_mb = start.num_images * config.image_size**2 * 3 / 2**20  # the uint8 images a memory cache holds
     results = {
         "tfpipe": _rates(tfpipe_epochs),
-        "start_up_seconds": {
-            "index": round(indexed - started, 2),
-            "first_batch": round(first_batch - indexed, 2),
-            "total": round(first_batch - started, 2),
-        },
-        "num_images": num_images,
+        "start_up_seconds": start.seconds,
+        "num_images": start.num_images,
         "image_size": config.image_size,
         "batch_size": config.batch_size,
         "cores": cores(),
-        "dataset": source.name,
+        "dataset": start.source.name,
         "split": split,
         "cache": config.cache,
         "epochs": epochs,
@@ -115,17 +95,59 @@ def compare(
         "rss_over_idle_per_cached_mb": round((tfpipe_peak - idle_rss) / cached_mb, 2),
     }
     for mode in baselines:
-        key, suffix = BASELINE_RECORDS[mode]
         classic_ds = classic_pipeline(
-            source, split, config.image_size, config.batch_size, max_examples=max_examples, mode=mode
+            start.source, split, config.image_size, config.batch_size, max_examples=start.max_examples, mode=mode
         )
-        results[key] = {**_rates(measure(key, classic_ds)), "mode": mode}
-        for phase in ("cold", "warm"):
-            rate = f"{phase}_images_per_sec"
-            if rate in results[key]:  # no warm epoch with one epoch
-                results[f"speedup_{phase}{suffix}"] = round(results["tfpipe"][rate] / results[key][rate], 2)
-        results["classic_peak_rss_mb"] = round(peak_rss_mb(), 1)
+        results.update(_baseline_record(mode, measure(BASELINE_RECORDS[mode][0], classic_ds), results["tfpipe"]))
     return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _StartUp:
+    """The opened dataset, tfpipe's pipeline over it, and how long it took to its first batch."""
+
+    source: sources.Source
+    num_images: int
+    max_examples: int | None
+    dataset: tf.data.Dataset
+    seconds: dict
+
+    @classmethod
+    def measure(cls, open_source, split, config, max_batches, augmentation, service) -> _StartUp:
+        started = time.monotonic()
+        source = open_source()
+        num_images = sources.describe(source, train=split).num_examples["train"]
+        indexed = time.monotonic()
+        if max_batches is not None:
+            num_images = min(num_images, max_batches * config.batch_size)
+        if num_images < config.batch_size:
+            raise TfpipeError(
+                f"{split} gives {num_images} images, fewer than one batch of --batch_size={config.batch_size}"
+            )
+        max_examples = num_images if max_batches is not None else None
+        dataset = pipeline.build(
+            source, split, config, training=True, augmentation=augmentation, max_examples=max_examples, service=service
+        )
+        with service_lib.watching(service):
+            next(iter(dataset))
+        first_batch = time.monotonic()
+        seconds = {
+            "index": round(indexed - started, 2),
+            "first_batch": round(first_batch - indexed, 2),
+            "total": round(first_batch - started, 2),
+        }
+        return cls(source, num_images, max_examples, dataset, seconds)
+
+
+def _baseline_record(mode: str, epochs: list[Epoch], tfpipe_rates: dict) -> dict:
+    """A classic baseline's rates under its key, and tfpipe's speedups over it."""
+    key, suffix = BASELINE_RECORDS[mode]
+    record = {key: {**_rates(epochs), "mode": mode}, "classic_peak_rss_mb": round(peak_rss_mb(), 1)}
+    for phase in ("cold", "warm"):
+        rate = f"{phase}_images_per_sec"
+        if rate in record[key]:  # no warm epoch with one epoch
+            record[f"speedup_{phase}{suffix}"] = round(tfpipe_rates[rate] / record[key][rate], 2)
+    return record
 
 
 def _measure(name, dataset, *, epochs, num_images, batch_size, log, progress) -> list[Epoch]:
