@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from tfpipe import backbones, weights
+from tfpipe.data import sources
 from tfpipe.errors import TfpipeError
 
 
 def _resolve(choice, backbone="mobilenet_v2", alpha=1.0, dataset="tfpipe_shapes"):
-    return weights.resolve(choice, backbone=backbone, alpha=alpha, dataset=dataset)
+    spec = sources.DatasetSpec.parse(dataset)
+    return weights.resolve(choice, backbone=backbone, alpha=alpha, dataset=str(spec), offline_dataset=spec.is_local)
 
 
 def test_auto_is_fractal_on_the_embedded_dataset_and_imagenet_elsewhere():
@@ -18,6 +20,8 @@ def test_auto_is_fractal_on_the_embedded_dataset_and_imagenet_elsewhere():
     assert _resolve("auto", dataset="tfpipe_shapes/large").keras_weights == weights.SHIPPED[0].path
     assert _resolve("auto", dataset="cats_vs_dogs").keras_weights == "imagenet"
     assert _resolve("auto", dataset="folder:/data/pets").name == "imagenet"
+    assert _resolve("auto", dataset="csv:/data/tfpipe_shapes/labels.csv").name == "imagenet"
+    assert _resolve("auto", dataset=" tfpipe_fractals/tiny:1.0.0").name == "fractal"
 
 
 def test_auto_on_the_embedded_dataset_without_a_shipped_base_starts_from_random_weights():

@@ -116,7 +116,7 @@ class _StartUp:
     def measure(cls, open_source, split, config, max_batches, augmentation, service) -> _StartUp:
         started = time.monotonic()
         source = open_source()
-        num_images = sources.describe(source, train=split).num_examples["train"]
+        num_images = sources.describe(source, flags={"train": "train_split"}, train=split).num_examples["train"]
         indexed = time.monotonic()
         if max_batches is not None:
             num_images = min(num_images, max_batches * config.batch_size)

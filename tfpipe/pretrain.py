@@ -30,6 +30,7 @@ from tfpipe.data.builders import PRETRAINING_DATASET
 from tfpipe.errors import TfpipeError
 from tfpipe.run_files import RESULTS
 from tfpipe.run_state import RunDirectory
+from tfpipe.train_config import SPLIT_FLAGS
 
 PHASE = "pretrain"
 BASE_WEIGHTS = "base.weights.h5"
@@ -91,11 +92,12 @@ def pretrain(config: PretrainConfig, *, extra_callbacks: tuple = (), log: Callab
     run_dir = RunDirectory(config.model_dir, config.fingerprint(), overwrite=config.overwrite, all_weights=True)
     with run_dir:
         keras.utils.set_random_seed(config.pipeline.seed or 0)  # before any weight is created
-        sources.check_spec(config.dataset, config.data_dir)
+        dataset = sources.DatasetSpec.parse(config.dataset)
+        sources.check_spec(dataset, config.data_dir)
         backbone = backbones.get(config.backbone)
         base = backbone.build_base(config.pipeline.image_size, None, config.alpha)
         _follow_batch_statistics_faster(base)
-        source, metadata = _open_data(config)
+        source, metadata = _open_data(config, dataset)
         classifier = model_lib.build_classifier(
             backbone,
             base,
@@ -126,9 +128,9 @@ def pretrain(config: PretrainConfig, *, extra_callbacks: tuple = (), log: Callab
         return results
 
 
-def _open_data(config: PretrainConfig):
-    source = sources.open_source(config.dataset, config.data_dir)
-    metadata = sources.describe(source, train=config.train_split, validation=config.val_split)
+def _open_data(config: PretrainConfig, dataset: sources.DatasetSpec):
+    source = sources.open_source(dataset, config.data_dir)
+    metadata = sources.describe(source, flags=SPLIT_FLAGS, train=config.train_split, validation=config.val_split)
     model_lib.check_num_classes(metadata.num_classes, source.name)
     batch = config.pipeline.batch_size
     if metadata.num_examples["train"] < batch:

@@ -42,7 +42,7 @@ from tfpipe.errors import TfpipeError
 from tfpipe.predict import TrainedModel
 from tfpipe.run_files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
 from tfpipe.run_state import RunDirectory
-from tfpipe.train_config import TrainConfig
+from tfpipe.train_config import SPLIT_FLAGS, TrainConfig
 
 __all__ = ["TrainConfig", "train"]
 
@@ -70,16 +70,21 @@ def train(
     placement = distribute.Placement.of(strategy)
     run_dir = RunDirectory(_model_dir(config, placement), config.fingerprint(), overwrite=config.overwrite)
     with run_dir, _dtype_policy("mixed_float16" if config.mixed_precision else None):
+        dataset = sources.DatasetSpec.parse(config.dataset)
         weights = weights_lib.resolve(
-            config.weights, backbone=config.backbone, alpha=config.alpha, dataset=config.dataset
+            config.weights,
+            backbone=config.backbone,
+            alpha=config.alpha,
+            dataset=str(dataset),
+            offline_dataset=dataset.is_local,
         )
         _log_start(log, config, weights, strategy, placement, run_dir)
         distribute.per_replica_batch(config.pipeline.batch_size, placement.num_replicas)
         if config.pipeline.seed is not None:
             keras.utils.set_random_seed(config.pipeline.seed)  # before any weight is created
-        sources.check_spec(config.dataset, config.data_dir, config.csv)  # a typo fails before weights load
+        sources.check_spec(dataset, config.data_dir, config.csv)  # a typo fails before weights load
         base = _Base.build(config, weights, strategy)
-        data = _RunData.open(config, strategy)
+        data = _RunData.open(config, dataset, strategy)
         _log_classes(log, data)
         classifier = _build_classifier(config, base, data.metadata.num_classes, strategy)
         trainable_counts = finetune.trainable_counts(classifier, base.model, base.fine_tune_index)
@@ -170,10 +175,14 @@ class _RunData:
     balance: balance_lib.ClassBalance  # the training split's class counts, and how they are corrected
 
     @classmethod
-    def open(cls, config: TrainConfig, strategy) -> _RunData:
-        source = sources.open_source(config.dataset, config.data_dir, config.csv)
+    def open(cls, config: TrainConfig, dataset: sources.DatasetSpec, strategy) -> _RunData:
+        source = sources.open_source(dataset, config.data_dir, config.csv)
         metadata = sources.describe(
-            source, train=config.train_split, validation=config.val_split, test=config.test_split
+            source,
+            flags=SPLIT_FLAGS,
+            train=config.train_split,
+            validation=config.val_split,
+            test=config.test_split,
         )
         model_lib.check_num_classes(metadata.num_classes, source.name)
         batch_size = config.pipeline.batch_size

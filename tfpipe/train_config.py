@@ -18,6 +18,9 @@ from tfpipe.data import balance, csv_labels, pipeline, sources, splits
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 
+# Each split's role -> the setting (and flag) that names it, for messages about it.
+SPLIT_FLAGS = {"train": "train_split", "validation": "val_split", "test": "test_split"}
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:

@@ -19,7 +19,6 @@ import functools
 import hashlib
 import os
 
-from tfpipe.data.builders import LOCAL_DATASETS
 from tfpipe.errors import TfpipeError
 
 AUTO, FRACTAL, IMAGENET, NONE = "auto", "fractal", "imagenet", "none"
@@ -62,11 +61,14 @@ class Weights:
     description: str
 
 
-def resolve(weights: str, *, backbone: str, alpha: float, dataset: str) -> Weights:
-    """--weights -> Weights; TfpipeError for an unknown name, a missing file or no shipped base."""
+def resolve(weights: str, *, backbone: str, alpha: float, dataset: str, offline_dataset: bool) -> Weights:
+    """--weights -> Weights; TfpipeError for an unknown name, a missing file or no shipped base.
+
+    dataset: its name, for messages; offline_dataset: tfpipe draws it itself (the auto rule).
+    """
     choice = (weights or "").strip()
     if choice == AUTO:
-        if not _is_local(dataset):
+        if not offline_dataset:
             return _imagenet()
         if shipped_base(backbone, alpha) is None:
             return Weights(
@@ -117,10 +119,6 @@ def _imagenet() -> Weights:
 
 def _what(backbone: str, alpha: float) -> str:
     return f"{backbone}" + (f" with alpha={alpha}" if backbone == "mobilenet_v2" else "")
-
-
-def _is_local(dataset: str) -> bool:
-    return dataset.strip().split("/")[0].split(":")[0] in LOCAL_DATASETS
 
 
 @functools.cache

@@ -16,6 +16,7 @@ import abc
 import dataclasses
 import os
 import warnings
+from typing import Mapping
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -27,9 +28,37 @@ from tfpipe.paths import ensure_writable_dir
 
 FOLDER_PREFIX = "folder:"
 CSV_PREFIX = csv_labels.PREFIX
+TFDS, FOLDER, CSV = "tfds", "folder", "csv"  # DatasetSpec.kind
 DEFAULT_DATASET = EMBEDDED_DATASET
 # Seconds one network check may take before a tfds download is declared impossible.
 NETWORK_CHECK_SECONDS = 8.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A --dataset value, parsed once: what kind of source, and its tfds name or its path."""
+
+    kind: str  # TFDS, FOLDER or CSV
+    target: str  # NAME[/CONFIG][:VERSION] for tfds; an absolute path otherwise
+    text: str  # as the user wrote it
+
+    @classmethod
+    def parse(cls, spec: DatasetSpec | str) -> DatasetSpec:
+        if isinstance(spec, DatasetSpec):
+            return spec
+        text = spec.strip()
+        for kind, prefix in ((FOLDER, FOLDER_PREFIX), (CSV, CSV_PREFIX)):
+            if text.startswith(prefix):
+                return cls(kind, os.path.abspath(os.path.expanduser(text[len(prefix) :])), text)
+        return cls(TFDS, text, text)
+
+    @property
+    def is_local(self) -> bool:
+        """Drawn by tfpipe itself on this machine: no download, no pretrained weights to fetch."""
+        return self.kind == TFDS and self.target.split("/")[0].split(":")[0] in LOCAL_DATASETS
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class Source(abc.ABC):
@@ -163,36 +192,38 @@ def _resolve_data_dir(data_dir: str | None) -> str:
     return os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
 
 
-def check_spec(spec: str, data_dir: str | None = None, csv: csv_labels.CsvOptions = csv_labels.CsvOptions()) -> None:
+def check_spec(
+    spec: DatasetSpec | str, data_dir: str | None = None, csv: csv_labels.CsvOptions = csv_labels.CsvOptions()
+) -> None:
     """The cheap half of open_source: the name, folder or CSV and its columns exist. Raises TfpipeError."""
-    spec = spec.strip()
-    if spec.startswith(FOLDER_PREFIX):
-        folder.find_layout(os.path.abspath(os.path.expanduser(spec[len(FOLDER_PREFIX) :])))
-    elif spec.startswith(CSV_PREFIX):
-        csv_labels.check(spec[len(CSV_PREFIX) :], csv)
+    spec = DatasetSpec.parse(spec)
+    if spec.kind == FOLDER:
+        folder.find_layout(spec.target)
+    elif spec.kind == CSV:
+        csv_labels.check(spec.target, csv)
     else:
-        _tfds_builder(spec, _resolve_data_dir(data_dir))
+        _tfds_builder(spec.target, _resolve_data_dir(data_dir))
 
 
-def open_source(spec: str, data_dir: str | None = None, csv: csv_labels.CsvOptions = csv_labels.CsvOptions()) -> Source:
+def open_source(
+    spec: DatasetSpec | str, data_dir: str | None = None, csv: csv_labels.CsvOptions = csv_labels.CsvOptions()
+) -> Source:
     """The source a --dataset spec names, prepared and ready to read.
 
     data_dir: where tfds datasets are prepared, and where folder: and csv:
     datasets keep their index cache (DATA_DIR/tfpipe_index).
     csv: how to read a csv: dataset (ignored by the others).
     """
-    spec = spec.strip()
+    spec = DatasetSpec.parse(spec)
     data_dir = _resolve_data_dir(data_dir)
     index_cache = os.path.join(data_dir, file_index.INDEX_CACHE_DIR)
-    if spec.startswith(FOLDER_PREFIX):
-        index = folder.index_folder(spec[len(FOLDER_PREFIX) :], index_cache)
-        return FileSource(f"{FOLDER_PREFIX}{index.root}", index)
-    if spec.startswith(CSV_PREFIX):
-        path = os.path.abspath(os.path.expanduser(spec[len(CSV_PREFIX) :]))
-        return FileSource(f"{CSV_PREFIX}{path}", csv_labels.index_csv(path, csv, index_cache))
-    builder = _tfds_builder(spec, data_dir)
+    if spec.kind == FOLDER:
+        return FileSource(f"{FOLDER_PREFIX}{spec.target}", folder.index_folder(spec.target, index_cache))
+    if spec.kind == CSV:
+        return FileSource(f"{CSV_PREFIX}{spec.target}", csv_labels.index_csv(spec.target, csv, index_cache))
+    builder = _tfds_builder(spec.target, data_dir)
     if not builder.is_prepared():
-        _prepare(builder, spec, data_dir)
+        _prepare(builder, spec.target, data_dir)
     return TfdsSource(builder)
 
 
@@ -213,7 +244,7 @@ def _tfds_builder(spec: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 def _prepare(builder: tfds.core.DatasetBuilder, spec: str, data_dir: str) -> None:
     ensure_writable_dir(data_dir, flag="data_dir")
-    if builder.name not in LOCAL_DATASETS:
+    if not DatasetSpec.parse(spec).is_local:
         servers = offline.server_urls(builder.url_infos)
         if not offline.any_reachable(servers, timeout=NETWORK_CHECK_SECONDS):
             raise TfpipeError(
@@ -238,15 +269,16 @@ class DatasetMetadata:
         return len(self.class_names)
 
 
-def describe(source: Source, **split_specs: str) -> DatasetMetadata:
+def describe(source: Source, *, flags: Mapping[str, str] | None = None, **split_specs: str) -> DatasetMetadata:
     """Checks each role's split (e.g. train="train[:80%]") and counts its examples.
 
     A role given an empty string is left out (a run without a test split).
+    flags: the setting that names each role's split (role -> flag), for the error messages.
     """
     split_specs = {role: spec for role, spec in split_specs.items() if spec}
     counts = {}
     for role, spec in split_specs.items():
-        flag = "val_split" if role == "validation" else f"{role}_split"
+        flag = (flags or {}).get(role, role)
         counts[role] = source.count(spec, flag=flag)
         if counts[role] == 0:
             raise TfpipeError(
