@@ -8,7 +8,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_train_config
+from helpers.runs import read_json, tiny_train_config
 
 from tfpipe import atomic
 from tfpipe.errors import TfpipeError
@@ -27,7 +27,7 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path
             with open(temporary, "w") as out:
                 out.write("[1, 2")  # half written
             raise Killed()
-    assert json.loads(target.read_text()) == [1]
+    assert read_json(target) == [1]
     assert os.listdir(tmp_path) == ["history.json"]
 
 

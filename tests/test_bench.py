@@ -1,7 +1,7 @@
 """tfpipe.bench.compare: the comparison bench_input prints, called directly."""
 
 import pytest
-from conftest import TINY
+from helpers.runs import TINY
 
 from tfpipe import bench
 from tfpipe.data import pipeline, sources

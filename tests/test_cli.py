@@ -1,6 +1,5 @@
 """bin/train and bin/bench_input as a user runs them."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,16 +9,12 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, TINY, assert_one_line_error, run_bench, run_tool
+from helpers.runs import TINY, read_json
+from helpers.tools import REPO, assert_one_line_error, run_bench, run_tool
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
 
 TINY_TRAIN = ["--image_size=32", "--alpha=0.35", "--batch_size=8", "--seed=1"]
-
-
-def _load_json(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 @pytest.mark.slow
@@ -39,13 +34,13 @@ def test_train_writes_every_output(tmp_path, data_dir):
     assert result.stdout.splitlines()[1].startswith("Weights: none")
     assert "test accuracy" in result.stdout and "Epoch 3/3" in result.stdout
 
-    history = _load_json(model_dir / "history.json")
+    history = read_json(model_dir / "history.json")
     assert [(r["epoch"], r["phase"]) for r in history] == [
         (1, "feature_extraction"),
         (2, "feature_extraction"),
         (3, "fine_tune"),
     ]
-    results = _load_json(model_dir / "results.json")
+    results = read_json(model_dir / "results.json")
     expected = {
         "test_loss",
         "test_accuracy",
@@ -108,20 +103,20 @@ def test_train_resumes_after_kill_9(tmp_path, data_dir):
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # kill it once it is inside the fine-tuning phase
-            if state_file.exists() and _load_json(state_file)["completed_epochs"] >= 3:
+            if state_file.exists() and read_json(state_file)["completed_epochs"] >= 3:
                 break
             assert process.poll() is None, "train ended before it could be interrupted"
             time.sleep(0.2)
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
-    completed = _load_json(state_file)["completed_epochs"]
+    completed = read_json(state_file)["completed_epochs"]
     assert 3 <= completed < 6
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming {model_dir} after epoch {completed}" in resumed.stdout
-    history = _load_json(model_dir / "history.json")
+    history = read_json(model_dir / "history.json")
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
     assert [r["phase"] for r in history] == ["feature_extraction"] * 2 + ["fine_tune"] * 4
 
@@ -170,7 +165,7 @@ def test_bench_input_end_to_end_writes_valid_json(tmp_path, data_dir):
     out = tmp_path / "bench.json"
     result = run_bench(data_dir, out, "--epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
-    data = _load_json(out)
+    data = read_json(out)
     for pipeline in ("classic", "classic_tf_defaults", "tfpipe"):
         assert data[pipeline]["cold_images_per_sec"] > 0 and data[pipeline]["warm_images_per_sec"] > 0
     assert data["classic"]["mode"] == "serial" and data["classic_tf_defaults"]["mode"] == "tf_defaults"
@@ -192,7 +187,7 @@ def test_bench_input_one_epoch_reports_the_cold_epoch_only(tmp_path, data_dir):
     out = tmp_path / "bench.json"
     result = run_bench(data_dir, out, "--epochs=1", "--noclassic_tf_defaults")
     assert result.returncode == 0, result.stderr[-3000:]
-    data = _load_json(out)
+    data = read_json(out)
     assert data["tfpipe"]["cold_images_per_sec"] > 0 and data["speedup_cold"] > 0
     assert "warm_images_per_sec" not in data["tfpipe"] and "speedup_warm" not in data
     assert len(data["tfpipe"]["epoch_images_per_sec"]) == 1

@@ -1,12 +1,13 @@
 """csv: datasets: Kaggle-style CSVs of image files and labels."""
 
-import json
 import logging
 import os
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, coloured_square, run_tool, write_image
+from helpers.images import coloured_square, write_image
+from helpers.runs import read_json
+from helpers.tools import assert_one_line_error, run_tool
 
 from tfpipe.data import csv_labels, sources
 from tfpipe.errors import TfpipeError
@@ -160,7 +161,7 @@ def test_train_cli_reads_a_csv_dataset_and_evaluate_reopens_it(tmp_path):
         "--test_split=train[75%:]",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((model_dir / "results.json").read_text())
+    results = read_json(model_dir / "results.json")
     assert results["class_names"] == ["cat", "dog"] and results["class_counts"] == {"cat": 6, "dog": 6}
     evaluated = run_tool("evaluate", f"--model_dir={model_dir}", "--split=train[:25%]")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

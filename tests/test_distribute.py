@@ -9,19 +9,13 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import (
-    REPO,
-    TINY,
-    assert_one_line_error,
-    run_bench,
-    run_tool,
-    tiny_train_config,
-)
 from helpers.images import imbalanced_folder
+from helpers.runs import TINY, fingerprints, read_json, tiny_train_config
 from helpers.servers import free_port, start_server, stop
+from helpers.tools import REPO, assert_one_line_error, run_bench, run_tool
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
-from tfpipe import bench, distribute
+from tfpipe import distribute
 from tfpipe.data import pipeline, service
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
@@ -88,7 +82,7 @@ def test_two_workers_train_together_and_finish_with_identical_weights(tmp_path, 
     other = keras.models.load_model(model_dir / "workers" / "worker-1" / "final.keras")
     for a, b in zip(chief.weights, other.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    history = json.loads((model_dir / "history.json").read_text())
+    history = read_json(model_dir / "history.json")
     assert [r["epoch"] for r in history] == [1, 2]
     assert (model_dir / "export").is_dir() and not (model_dir / "workers" / "worker-1" / "export").exists()
 
@@ -147,21 +141,32 @@ def local_service(tmp_path_factory):
     del workers  # the servers stop with the test process
 
 
-def _fingerprints(dataset):
-    return [value for batch in bench.batch_fingerprints(dataset, 1000) for value in batch]
-
-
 def test_dynamic_sharding_sees_every_example_exactly_once_per_epoch(tiny_source, local_service):
     config = PipelineConfig(image_size=32, batch_size=3)
     dynamic = service.DataService(local_service, "dynamic")
-    local = sorted(_fingerprints(pipeline.build(tiny_source, "train", config, training=False)))
+    local = sorted(fingerprints(pipeline.build(tiny_source, "train", config, training=False)))
     evaluation = pipeline.build(tiny_source, "train", config, training=False, service=dynamic)
     training = pipeline.build(tiny_source, "train", config, training=True, service=dynamic)
     for _ in range(2):
-        assert sorted(_fingerprints(evaluation)) == local  # all 40, none twice
-        seen = _fingerprints(training)
+        assert sorted(fingerprints(evaluation)) == local  # all 40, none twice
+        seen = fingerprints(training)
         # Training batches drop each worker's last partial batch, as drop_remainder does locally.
         assert len(seen) == len(set(seen)) and set(seen) <= set(local) and len(seen) >= 40 - 2 * 2
+
+
+def test_a_csv_dataset_goes_through_the_service_like_any_other(tmp_path, local_service):
+    from tfpipe.data import sources
+
+    folder = imbalanced_folder(tmp_path / "images", (6, 6))
+    rows = [f"c{label}/{i}.png,{label}" for label in (0, 1) for i in range(6)]
+    (tmp_path / "images" / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
+    source = sources.open_source(f"csv:{folder}/labels.csv", str(tmp_path / "data"))
+    config = PipelineConfig(image_size=16, batch_size=4)
+    local = sorted(fingerprints(pipeline.build(source, "train", config, training=False)))
+    on_service = pipeline.build(
+        source, "train", config, training=False, service=service.DataService(local_service, "dynamic")
+    )
+    assert sorted(fingerprints(on_service)) == local and len(local) == 12
 
 
 def test_sharding_off_gives_each_worker_the_whole_pipeline(tiny_source, local_service):
@@ -169,7 +174,7 @@ def test_sharding_off_gives_each_worker_the_whole_pipeline(tiny_source, local_se
     on_service = pipeline.build(
         tiny_source, "train", config, training=False, service=service.DataService(local_service, "off")
     )
-    seen = _fingerprints(on_service)
+    seen = fingerprints(on_service)
     assert len(seen) == 80 and len(set(seen)) == 40
 
 
@@ -190,7 +195,7 @@ def test_a_training_run_takes_its_batches_from_the_service(tmp_path, data_dir, l
         data_service_sharding="dynamic",
     )
     results = train(config, log=lambda _: None)
-    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    history = read_json(tmp_path / "run" / "history.json")
     assert len(history) == 1 and np.isfinite(history[0]["loss"]) and results["test_accuracy"] is not None
     # 32 training images in batches of 8 (less a worker's partial batch), plus the validation batch
     assert len(delivered) >= 4 and set(delivered) == {local_service.removeprefix("grpc://")}
@@ -248,7 +253,7 @@ def test_data_service_tool_serves_bench_input(tmp_path, data_dir):
             "--data_service_sharding=dynamic",
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        data = json.loads(out.read_text())
+        data = read_json(out)
         assert data["data_service"] == f"grpc://localhost:{dispatcher_port}"
         assert data["tfpipe"]["warm_images_per_sec"] > 0 and data["num_images"] == 32
         assert os.listdir(tmp_path / "journal")  # fault-tolerant mode journals its state

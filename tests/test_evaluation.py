@@ -1,11 +1,11 @@
 """The evaluation report: its numbers against a hand-computed confusion matrix, and its files."""
 
-import json
 import os
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_tool
+from helpers.runs import read_json
+from helpers.tools import assert_one_line_error, run_tool
 
 from tfpipe import evaluation
 from tfpipe.errors import TfpipeError
@@ -62,7 +62,7 @@ def test_train_ends_with_the_report_of_its_test_split(finished_run):
     config, results, logged = finished_run
     folder = os.path.join(config.model_dir, "evaluation")
     assert sorted(os.listdir(folder)) == ["confusion_matrix.png", "mistakes.png", "report.json"]
-    report = json.loads(open(os.path.join(folder, "report.json")).read())
+    report = read_json(os.path.join(folder, "report.json"))
     assert report["split"] == config.test_split and report["examples"] == results["examples"]["test"]
     assert report["accuracy"] == pytest.approx(results["test_accuracy"])
     assert np.sum(report["confusion_matrix"]) == report["examples"]

@@ -1,11 +1,11 @@
 """The index cache: a folder's decode pass is kept under --data_dir and redone only for what changed."""
 
-import json
 import logging
 import os
 
 import pytest
-from conftest import coloured_square, write_image
+from helpers.images import coloured_square, write_image
+from helpers.runs import read_json
 
 from tfpipe.data import file_index, sources
 
@@ -63,7 +63,7 @@ def test_a_removed_file_leaves_the_index_and_the_cache(image_folder, tmp_path, d
     source = _open(root, tmp_path / "data")
     assert decoded[1] == [] and "cat0.jpg" not in _files(source)
     (cache,) = (tmp_path / "data" / file_index.INDEX_CACHE_DIR).iterdir()
-    assert os.path.join("cat", "cat0.jpg") not in json.loads(cache.read_text())["names"]
+    assert os.path.join("cat", "cat0.jpg") not in read_json(cache)["names"]
 
 
 def test_a_repaired_file_is_decoded_again_and_used(image_folder, tmp_path, decoded):
@@ -86,7 +86,7 @@ def test_an_unreadable_cache_is_rebuilt_with_a_warning(image_folder, tmp_path, d
         source = _open(root, tmp_path / "data")
     assert len(decoded[1]) == 9 and len(_files(source)) == 8
     assert any("unreadable index cache" in r.getMessage() for r in caplog.records)
-    assert json.loads(cache.read_text())["version"] == 2  # rewritten
+    assert read_json(cache)["version"] == 2  # rewritten
 
 
 def test_a_csv_dataset_uses_the_cache_of_its_image_folder(tmp_path, decoded):

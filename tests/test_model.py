@@ -43,7 +43,7 @@ def test_mobilenet_v2_at_fine_tune_at_100_trains_2_then_56_variables():
 
 def test_fine_tune_at_takes_a_layer_name():
     _, base = _classifier()
-    assert finetune.resolve_fine_tune_at(base, "block_11_expand") == [l.name for l in base.layers].index(
+    assert finetune.resolve_fine_tune_at(base, "block_11_expand") == [layer.name for layer in base.layers].index(
         "block_11_expand"
     )
 
@@ -70,13 +70,13 @@ def test_batchnorm_statistics_do_not_change_while_fine_tuning():
     norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
     trainable_norms = [layer for layer in norms if layer.trainable]
     assert trainable_norms, "fine-tuning from 100 must include BatchNorm layers"
-    before = [(l.moving_mean.numpy().copy(), l.moving_variance.numpy().copy(), l.gamma.numpy().copy()) for l in norms]
+    before = [(n.moving_mean.numpy().copy(), n.moving_variance.numpy().copy(), n.gamma.numpy().copy()) for n in norms]
     classifier.fit(_data(), epochs=1, verbose=0)
     for layer, (mean, variance, gamma) in zip(norms, before):
         np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
         np.testing.assert_array_equal(layer.moving_variance.numpy(), variance)
     changed_gamma = [
-        not np.array_equal(l.gamma.numpy(), b[2]) for l, b in zip(trainable_norms, before[-len(trainable_norms) :])
+        not np.array_equal(n.gamma.numpy(), b[2]) for n, b in zip(trainable_norms, before[-len(trainable_norms) :])
     ]
     assert any(changed_gamma), "the trainable BatchNorm layers' gamma should still learn"
 

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_image
+from helpers.images import write_image
+from helpers.runs import fingerprints
 
 from tfpipe import bench
 from tfpipe.data import pipeline
@@ -65,15 +66,11 @@ def test_evaluation_batches_keep_every_example_in_order(tiny_source):
     assert bench.batch_fingerprints(dataset, 4) == bench.batch_fingerprints(dataset, 4)
 
 
-def _all_fingerprints(dataset):
-    return [value for batch in bench.batch_fingerprints(dataset, 100) for value in batch]
-
-
 @pytest.mark.parametrize("cache", ["memory", "file", "none"])
 def test_cached_contents_are_stable_while_the_order_changes(tiny_source, tmp_path, cache):
     config = _config(cache=str(tmp_path / "cache") if cache == "file" else cache)
     dataset = pipeline.build(tiny_source, SPLIT, config, training=True)
-    first, second = _all_fingerprints(dataset), _all_fingerprints(dataset)
+    first, second = fingerprints(dataset), fingerprints(dataset)
     assert sorted(first) == sorted(second)  # the same 32 images each epoch
     assert first != second  # in a new order
     if cache == "file":
@@ -82,11 +79,11 @@ def test_cached_contents_are_stable_while_the_order_changes(tiny_source, tmp_pat
 
 def test_the_shuffle_buffer_bounds_how_far_an_image_moves_forward(tiny_source):
     """With a buffer of b, output i is drawn from source images [0, i + b): none moves up b or more."""
-    in_order = _all_fingerprints(pipeline.build(tiny_source, SPLIT, _config(), training=False))
+    in_order = fingerprints(pipeline.build(tiny_source, SPLIT, _config(), training=False))
     source_index = {image: i for i, image in enumerate(in_order)}
 
     def furthest_move_forward(buffer):
-        epoch = _all_fingerprints(pipeline.build(tiny_source, SPLIT, _config(shuffle_buffer=buffer), training=True))
+        epoch = fingerprints(pipeline.build(tiny_source, SPLIT, _config(shuffle_buffer=buffer), training=True))
         assert sorted(epoch) == sorted(in_order)
         return max(source_index[image] - position for position, image in enumerate(epoch))
 
@@ -99,16 +96,16 @@ def test_the_same_seed_gives_the_same_order(tiny_source):
     orders = []
     for _ in range(2):
         dataset = pipeline.build(tiny_source, SPLIT, _config(seed=11), training=True)
-        orders.append((_all_fingerprints(dataset), _all_fingerprints(dataset)))
+        orders.append((fingerprints(dataset), fingerprints(dataset)))
     assert orders[0] == orders[1]
     other = pipeline.build(tiny_source, SPLIT, _config(seed=12), training=True)
-    assert _all_fingerprints(other) != orders[0][0]
+    assert fingerprints(other) != orders[0][0]
 
 
 def test_a_resumed_run_does_not_replay_the_first_epochs_order(tiny_source):
     fresh = pipeline.build(tiny_source, SPLIT, _config(seed=11), training=True)
     resumed = pipeline.build(tiny_source, SPLIT, _config(seed=11), training=True, epoch_offset=4)
-    assert _all_fingerprints(fresh) != _all_fingerprints(resumed)
+    assert fingerprints(fresh) != fingerprints(resumed)
 
 
 def test_caching_after_batch_freezes_batches_and_the_check_sees_it(tiny_source):
@@ -141,7 +138,7 @@ def test_stale_file_cache_lock_from_a_killed_run_is_removed(tiny_source, tmp_pat
     with open(f"{prefix}_0.lockfile", "w") as lock:
         lock.write("left by a killed run")
     dataset = pipeline.build(tiny_source, SPLIT, config, training=True)
-    assert len(_all_fingerprints(dataset)) == 32
+    assert len(fingerprints(dataset)) == 32
 
 
 def test_max_examples_bounds_the_split(tiny_source):
@@ -151,7 +148,7 @@ def test_max_examples_bounds_the_split(tiny_source):
 
 def test_sharded_pipelines_split_the_examples(tiny_source):
     parts = [
-        _all_fingerprints(pipeline.build(tiny_source, SPLIT, _config(), training=False, shard=(2, i))) for i in range(2)
+        fingerprints(pipeline.build(tiny_source, SPLIT, _config(), training=False, shard=(2, i))) for i in range(2)
     ]
     assert len(parts[0]) == len(parts[1]) == 16
     assert not set(parts[0]) & set(parts[1])

@@ -7,7 +7,9 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_tool, write_image
+from helpers.images import write_image
+from helpers.runs import read_json
+from helpers.tools import assert_one_line_error, run_tool
 
 from tfpipe import predict
 from tfpipe.errors import TfpipeError
@@ -89,7 +91,7 @@ def test_both_output_formats(binary_run, images, tmp_path, extension):
     out = tmp_path / f"predictions{extension}"
     predict.write(rows, str(out))
     if extension == ".json":
-        records = json.loads(out.read_text())
+        records = read_json(out)
         assert records[0]["class"] == rows[0].top[0][0] and len(records[0]["top_k"]) == 2
         assert records[1]["error"] and records[1]["class"] is None
     else:

@@ -1,12 +1,12 @@
 """bin/pretrain: a base trained from scratch on tfpipe_fractals, resumable, loadable by --weights=PATH."""
 
-import json
 import os
 
 import keras
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_tool
+from helpers.runs import read_json
+from helpers.tools import assert_one_line_error, run_tool
 
 from tfpipe import backbones
 from tfpipe.data.pipeline import PipelineConfig
@@ -55,8 +55,7 @@ def test_pretrain_resumes_and_writes_weights_that_train_loads(tmp_path, data_dir
     messages = []
     results = pretrain(config, log=messages.append)
     assert any("Resuming" in m and "after epoch 1" in m for m in messages)
-    with open(os.path.join(config.model_dir, "history.json")) as f:
-        assert [r["epoch"] for r in json.load(f)] == [1, 2]
+    assert [r["epoch"] for r in read_json(os.path.join(config.model_dir, "history.json"))] == [1, 2]
     weights_file = os.path.join(config.model_dir, BASE_WEIGHTS)
     assert results["weights_file"] == weights_file and results["num_classes"] == 4
     assert 0 <= results["val_accuracy"] <= 1 and len(results["sha256"]) == 64
@@ -82,7 +81,7 @@ def test_pretrain_resumes_and_writes_weights_that_train_loads(tmp_path, data_dir
 
 
 def _downstream(tmp_path, data_dir, **overrides):
-    from conftest import tiny_train_config
+    from helpers.runs import tiny_train_config
 
     return tiny_train_config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, **overrides)
 

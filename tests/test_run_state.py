@@ -1,11 +1,11 @@
 """RunDirectory on its own, with a two-layer model: resume, best against current, refusals."""
 
-import json
 import os
 
 import keras
 import numpy as np
 import pytest
+from helpers.runs import read_json
 
 from tfpipe.errors import TfpipeError
 from tfpipe.run_files import CHECKPOINT_DIR, HISTORY, STATE_FILE
@@ -52,7 +52,7 @@ def test_resume_brings_back_the_last_epoch_and_the_frozen_weights(tmp_path):
         assert all(np.all(v == 2.0) for v in _trainable(fresh))
         for saved, restored in zip(frozen, fresh.get_layer("frozen").weights):
             np.testing.assert_array_equal(saved, restored.numpy())
-    history = json.loads((tmp_path / HISTORY).read_text())
+    history = read_json(tmp_path / HISTORY)
     assert [r["epoch"] for r in history] == [1, 2]
 
 

@@ -6,8 +6,9 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, TINY, assert_one_line_error, run_bench
+from helpers.runs import TINY
 from helpers.servers import free_port, start_server, start_workers, stop
+from helpers.tools import REPO, assert_one_line_error, run_bench
 
 from tfpipe.data import service, service_watch
 

@@ -1,13 +1,12 @@
 """The two-phase run: epoch numbering, resume, refusal, NaN, fast feature extraction."""
 
-import json
 import math
 import os
 
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_MULTICLASS, tiny_train_config
+from helpers.runs import TINY_MULTICLASS, read_json, tiny_train_config
 
 from tfpipe import finetune
 from tfpipe.data.pipeline import PipelineConfig
@@ -16,8 +15,7 @@ from tfpipe.train import train
 
 
 def _history(config):
-    with open(os.path.join(config.model_dir, "history.json")) as f:
-        return json.load(f)
+    return read_json(os.path.join(config.model_dir, "history.json"))
 
 
 class Interrupt(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -20,3 +21,23 @@ def imbalanced_folder(root, counts, size=16, split=None, separation=40) -> str:
             with open(os.path.join(folder, f"{i}.png"), "wb") as out:
                 out.write(tf.io.encode_png(pixels).numpy())
     return str(root)
+
+
+def write_image(path: str, pixels: np.ndarray, fmt: str) -> None:
+    if fmt == "jpeg":
+        data = tf.io.encode_jpeg(pixels).numpy()
+    elif fmt == "png":
+        data = tf.io.encode_png(pixels).numpy()
+    else:  # bmp and gif through Pillow, which tfds' dependencies bring
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=fmt.upper())
+        data = buffer.getvalue()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(data)
+
+
+def coloured_square(rng, size=24):
+    return rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)

@@ -1,0 +1,38 @@
+"""Fast feature extraction's two halves, directly: extract() and feature_datasets()."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfpipe import backbones, features
+from tfpipe import model as model_lib
+
+
+def _classifier():
+    keras.utils.set_random_seed(0)
+    spec = backbones.get("mobilenet_v2")
+    return model_lib.build_classifier(spec, spec.build_base(32, None, alpha=0.35), 32, 2)
+
+
+def test_extract_gives_every_examples_pooled_features_in_order():
+    classifier = _classifier()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (10, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(10) % 2
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)  # a partial last batch
+    ((x, y),) = features.extract(classifier, [batches])
+    assert x.shape == (10, classifier.get_layer(model_lib.POOLING_LAYER).output.shape[-1]) and x.dtype == np.float32
+    np.testing.assert_array_equal(y, labels)
+    expected = model_lib.feature_extractor(classifier)(images, training=False)
+    np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_features_are_reshuffled_every_epoch_and_evaluation_ones_are_not():
+    x = np.arange(20, dtype=np.float32)[:, None]
+    y = np.arange(20) % 2
+    training = features.feature_datasets(x, y, 8, training=True, seed=1)
+    epochs = [np.concatenate([batch.numpy()[:, 0] for batch, _ in training]) for _ in range(2)]
+    assert all(len(epoch) == 16 for epoch in epochs)  # two full batches: the remainder is dropped
+    assert not np.array_equal(epochs[0], epochs[1])
+    evaluation = features.feature_datasets(x, y, 8, training=False, seed=1)
+    np.testing.assert_array_equal(np.concatenate([b.numpy()[:, 0] for b, _ in evaluation]), x[:, 0])
