@@ -1,13 +1,13 @@
 """tfpipe.bench.compare: the comparison bench_input prints, called directly."""
 
 import pytest
-from helpers.runs import TINY
+from helpers.runs import TINY, TINY_PIPELINE
 
 from tfpipe import bench
-from tfpipe.data import pipeline, sources
+from tfpipe.data import sources
 from tfpipe.errors import TfpipeError
 
-_CONFIG = pipeline.PipelineConfig(image_size=32, batch_size=8, seed=1)
+_CONFIG = TINY_PIPELINE
 
 
 def _compare(data_dir, **kwargs):

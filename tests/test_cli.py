@@ -9,12 +9,10 @@ import time
 import keras
 import numpy as np
 import pytest
-from helpers.runs import TINY, read_json
+from helpers.runs import TINY, TINY_TRAIN_FLAGS, read_json
 from helpers.tools import REPO, assert_one_line_error, run_bench, run_tool
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
-
-TINY_TRAIN = ["--image_size=32", "--alpha=0.35", "--batch_size=8", "--seed=1"]
 
 
 @pytest.mark.slow
@@ -25,7 +23,7 @@ def test_train_writes_every_output(tmp_path, data_dir):
         f"--dataset={TINY}",
         f"--data_dir={data_dir}",
         f"--model_dir={model_dir}",
-        *TINY_TRAIN,
+        *TINY_TRAIN_FLAGS,
         "--fine_tune_at=100",
         "--initial_epochs=2",
         "--fine_tune_epochs=1",
@@ -89,7 +87,7 @@ def _train_command(data_dir, model_dir, *flags):
         f"--dataset={TINY}",
         f"--data_dir={data_dir}",
         f"--model_dir={model_dir}",
-        *TINY_TRAIN,
+        *TINY_TRAIN_FLAGS,
         *flags,
     ]
 
@@ -156,7 +154,7 @@ def test_a_second_train_on_a_live_runs_model_dir_is_refused_naming_it(tmp_path, 
 )
 def test_train_reports_bad_input_in_one_line(tmp_path, data_dir, flags, message):
     result = run_tool(
-        "train", f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", *TINY_TRAIN, *flags, timeout=300
+        "train", f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", *TINY_TRAIN_FLAGS, *flags, timeout=300
     )
     assert_one_line_error(result, "train", message)
 

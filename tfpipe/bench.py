@@ -32,6 +32,7 @@ CLASSIC_MODES = (CLASSIC_SERIAL, CLASSIC_TF_DEFAULTS)
 # (the JSON names the serial one's plainly: speedup_cold, speedup_warm).
 BASELINE_RECORDS = {CLASSIC_SERIAL: ("classic", ""), CLASSIC_TF_DEFAULTS: ("classic_tf_defaults", "_vs_tf_defaults")}
 _BATCHES_PER_PULL = 16
+DEFAULT_EPOCHS = 3  # one cold, two warm
 
 
 def compare(
@@ -39,7 +40,7 @@ def compare(
     split: str,
     config: pipeline.PipelineConfig,
     *,
-    epochs: int = 3,
+    epochs: int = DEFAULT_EPOCHS,
     max_batches: int | None = None,
     augmentation=None,
     service: service_lib.DataService | None = None,

@@ -133,7 +133,7 @@ def write(model_dir: str, result: dict, mistakes: list, subfolder: str | None = 
     return folder
 
 
-def evaluate_run(model_dir: str, split: str | None = None, which: str = "best", data_dir: str | None = None):
+def evaluate_run(model_dir: str, split: str | None = None, which: str | None = None, data_dir: str | None = None):
     """Evaluates a finished run on `split` (default: its test split) of the dataset it was
     trained on; returns (report, the folder it was written to). The run's test split
     goes to evaluation/, any other split to evaluation/<split>/."""
@@ -142,7 +142,7 @@ def evaluate_run(model_dir: str, split: str | None = None, which: str = "best", 
     from tfpipe.run_files import read_run_settings
 
     settings = read_run_settings(model_dir)
-    trained = predict.load(model_dir, which)
+    trained = predict.load(model_dir, which or predict.DEFAULT_MODEL)
     split = split or settings.get("test_split")
     if not split:
         raise TfpipeError(f"the run in {model_dir} has no test split; give --split, e.g. --split='train[90%:]'")

@@ -29,6 +29,9 @@ from tfpipe.data import folder, pipeline
 from tfpipe.errors import TfpipeError
 
 MODEL_CHOICES = ("best", "final")  # or a path to a .keras file
+DEFAULT_MODEL = MODEL_CHOICES[0]
+DEFAULT_TOP_K = 3  # classes listed per image
+DEFAULT_BATCH_SIZE = 32
 FORMATS = (".csv", ".json")
 
 
@@ -60,7 +63,7 @@ def probabilities_from_logits(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def load(model_dir: str, which: str = "best") -> TrainedModel:
+def load(model_dir: str, which: str = DEFAULT_MODEL) -> TrainedModel:
     """The run's model and what it was trained on; every problem is a one-line TfpipeError."""
     import keras
 
@@ -133,8 +136,8 @@ class Prediction:
 def predict(
     trained: TrainedModel,
     paths: list[str],
-    top_k: int = 1,
-    batch_size: int = 32,
+    top_k: int = DEFAULT_TOP_K,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Prediction]:
     """One Prediction per path, in order; `on_batch(images)` after each batch."""

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from helpers.runs import TINY
+from helpers.runs import TINY, TINY_PIPELINE
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,8 +37,8 @@ def run_bench(data_dir, json_path, *flags):
         "bench_input",
         f"--dataset={TINY}",
         f"--data_dir={data_dir}",
-        "--image_size=32",
-        "--batch_size=8",
+        f"--image_size={TINY_PIPELINE.image_size}",
+        f"--batch_size={TINY_PIPELINE.batch_size}",
         f"--json={json_path}",
         *flags,
         timeout=300,

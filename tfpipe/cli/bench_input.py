@@ -25,7 +25,9 @@ from tfpipe.errors import TfpipeError
 FLAGS = flags.FLAGS
 FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's own
 
-flags.DEFINE_integer("epochs", 3, "Epochs per pipeline: one cold, the rest warm; 1 measures the cold epoch only.")
+flags.DEFINE_integer(
+    "epochs", bench.DEFAULT_EPOCHS, "Epochs per pipeline: one cold, the rest warm; 1 measures the cold epoch only."
+)
 flags.DEFINE_integer("max_batches", None, "Use only the first max_batches x batch_size images of the split.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 flags.DEFINE_boolean(

@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model_dir", None, "The --model_dir a train run wrote.")
 flags.DEFINE_string("images", None, "A folder of images (searched recursively).")
-flags.DEFINE_integer("batch_size", 32, "Images per batch, both sides.")
+flags.DEFINE_integer("batch_size", predict.DEFAULT_BATCH_SIZE, "Images per batch, both sides.")
 flags.DEFINE_integer("repeats", 3, "Timed passes per side, alternated.")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from tfpipe import evaluation
+from tfpipe import evaluation, predict
 from tfpipe.cli import errors
 from tfpipe.errors import TfpipeError
 
@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model_dir", None, "The --model_dir a train run wrote.")
 flags.DEFINE_string("split", None, "Split to evaluate, in tfds slicing syntax; default: the run's test split.")
-flags.DEFINE_string("model", "best", "best, final, or a path to a .keras file.")
+flags.DEFINE_string("model", predict.DEFAULT_MODEL, "best, final, or a path to a .keras file.")
 flags.DEFINE_string("data_dir", None, "Where tfds datasets are prepared and read, as given to train.")
 
 

@@ -22,10 +22,10 @@ from tfpipe.errors import TfpipeError
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model_dir", None, "The --model_dir a train run wrote.")
-flags.DEFINE_string("model", "best", "best, final, or a path to a .keras file.")
-flags.DEFINE_integer("top_k", 3, "How many classes to list per image, most probable first.")
+flags.DEFINE_string("model", predict.DEFAULT_MODEL, "best, final, or a path to a .keras file.")
+flags.DEFINE_integer("top_k", predict.DEFAULT_TOP_K, "How many classes to list per image, most probable first.")
 flags.DEFINE_string("output", None, "Write the rows to FILE.csv or FILE.json instead of printing a table.")
-flags.DEFINE_integer("batch_size", 32, "Images per batch.")
+flags.DEFINE_integer("batch_size", predict.DEFAULT_BATCH_SIZE, "Images per batch.")
 
 EXIT_SOME_FAILED = 1
 
