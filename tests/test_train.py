@@ -1,5 +1,6 @@
 """The two-phase run: epoch numbering, resume, refusal, NaN, fast feature extraction."""
 
+import dataclasses
 import math
 import os
 
@@ -98,19 +99,13 @@ def test_resume_at_a_phase_boundary_starts_fine_tuning_with_a_fresh_optimizer(tm
     assert steps.iterations == [4]
 
 
-def test_a_model_dir_of_another_configuration_is_refused_unless_overwrite(tmp_path, data_dir):
-    config = tiny_train_config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0)
-    train(config, log=lambda _: None)
-    changed = tiny_train_config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, learning_rate=5e-4)
-    with pytest.raises(TfpipeError, match="different configuration .*learning_rate: 0.001 -> 0.0005"):
+@pytest.mark.xdist_group("finished_run")
+def test_a_model_dir_of_another_configuration_is_refused(finished_run):
+    # Overwriting and keeping the user's files are RunDirectory's, tested in test_run_state.
+    config, _, _ = finished_run
+    changed = dataclasses.replace(config, learning_rate=config.learning_rate / 2)
+    with pytest.raises(TfpipeError, match=f"different configuration .*learning_rate: {config.learning_rate} -> "):
         train(changed, log=lambda _: None)
-    keep = tmp_path / "run" / "notes.txt"
-    keep.write_text("a user's file")
-    results = train(
-        tiny_train_config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, learning_rate=5e-4, overwrite=True),
-        log=lambda _: None,
-    )
-    assert results["epochs"] == 1 and keep.exists()
 
 
 class PoisonHead(keras.callbacks.Callback):
