@@ -6,9 +6,9 @@ So a user names the run and the images, and never repeats a training flag.
 
 Images go through the training pipeline's own decode and resize, in parallel,
 batched and prefetched, so predictions see exactly what training saw. A file that
-cannot be read or decoded is dropped from the stream by index (the pattern of the
-folder index's decode check) and comes back as a row that says why: one bad file
-never stops the others.
+cannot be read or decoded is dropped from the stream by index (file_index's
+decoded_by_index, as the folder index's decode check does) and comes back as a row
+that says why: one bad file never stops the others.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipe import run_files
-from tfpipe.data import folder, pipeline
+from tfpipe.data import file_index, folder, pipeline
 from tfpipe.errors import TfpipeError
 
-MODEL_CHOICES = ("best", "final")  # or a path to a .keras file
+MODEL_CHOICES = tuple(run_files.MODEL_FILES)  # best, final; or a path to a .keras file
 DEFAULT_MODEL = MODEL_CHOICES[0]
 DEFAULT_TOP_K = 3  # classes listed per image
 DEFAULT_BATCH_SIZE = 32
@@ -159,20 +159,8 @@ def predict(
 
 def decoded_batches(paths: list[str], image_size: int, batch_size: int) -> tf.data.Dataset:
     """(indices, uint8 images) batches of the files that decode; the others are left out."""
-    path_tensor = tf.constant(paths)
-
-    def decode(index):
-        encoded = tf.io.read_file(tf.gather(path_tensor, index))
-        return index, pipeline.decode_and_resize(encoded, image_size)
-
-    return (
-        tf.data.Dataset.range(len(paths))
-        .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-        .ignore_errors()
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-        .as_numpy_iterator()
-    )
+    decoded = file_index.decoded_by_index(paths, lambda encoded: pipeline.decode_and_resize(encoded, image_size))
+    return decoded.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def _why_unusable(path: str) -> str:

@@ -143,23 +143,26 @@ class _IndexCache:
             logging.warning("Could not write the index cache %s (%s); the next start decodes again.", self.path, error)
 
 
+def decoded_by_index(paths: list[str], decode, *, deterministic: bool | None = None) -> tf.data.Dataset:
+    """(index into `paths`, decode(file bytes)) for every file that reads and decodes, in
+    parallel; a file that fails is dropped, so its index is missing from the stream."""
+    path_tensor = tf.constant(paths, tf.string)
+
+    def read_and_decode(index):
+        return index, decode(tf.io.read_file(tf.gather(path_tensor, index)))
+
+    return (
+        tf.data.Dataset.range(len(paths))
+        .map(read_and_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        .ignore_errors()
+    )
+
+
 def _decodes(paths: list[str]) -> np.ndarray:
     """Whether each path decodes, by decoding all of them in parallel."""
     decoded = np.zeros(len(paths), dtype=bool)
-    if not paths:
-        return decoded
-
-    def decodes(index):
-        image = decode_image(tf.io.read_file(tf.gather(path_tensor, index)))
-        return index, tf.shape(image)  # returning a result keeps the decode from being pruned
-
-    path_tensor = tf.constant(paths)
-    checked = (
-        tf.data.Dataset.range(len(paths))
-        .map(decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-        .ignore_errors()
-        .batch(1024)
-    )
-    for indices, _ in checked.as_numpy_iterator():
+    # The shape is returned so that the decode is not pruned away.
+    checked = decoded_by_index(paths, lambda encoded: tf.shape(decode_image(encoded)), deterministic=False)
+    for indices, _ in checked.batch(1024).as_numpy_iterator():
         decoded[indices] = True
     return decoded
