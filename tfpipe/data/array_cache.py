@@ -76,6 +76,11 @@ class ArrayCache:
         """The cached examples at `indices` (a batch of indices gives a batch of examples)."""
         return tf.nest.pack_sequence_as(self._element_spec, [tf.gather(array, indices) for array in self._arrays])
 
+    def gather_component(self, indices: tf.Tensor, position: int) -> tf.Tensor:
+        """One component of the cached examples at `indices` (position in the flattened
+        element), without copying the others: e.g. the labels alone, not the images."""
+        return tf.gather(self._arrays[position], indices)
+
     def _when(self, filled: bool) -> tf.data.Dataset:
         return tf.data.Dataset.range(1).filter(lambda _: (self._size.read_value() != _NOT_FILLED) == filled)
 

@@ -155,7 +155,10 @@ def build(
         dataset = _file_cache(dataset, config, source.name, split, shard, max_examples)
     balance = balance if training else None
     if balance is not None:
-        label_of = (lambda index: array_cache.gather(index)[1]) if array_cache else (lambda example: example[1])
+        if array_cache is not None:  # elements are indices: read the cached label, not the image too
+            label_of = lambda index: array_cache.gather_component(index, 1)  # noqa: E731
+        else:
+            label_of = lambda example: example[1]  # noqa: E731
         whole = shard is None and service is None and max_examples is None
         dataset = balance.oversample(dataset, label_of, exact=whole)
         examples = balance.epoch_examples(examples)
