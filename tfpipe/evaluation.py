@@ -147,14 +147,13 @@ def evaluate_run(model_dir: str, split: str | None = None, which: str | None = N
     if not split:
         raise TfpipeError(f"the run in {model_dir} has no test split; give --split, e.g. --split='train[90%:]'")
     source = sources.open_source(settings["dataset"], data_dir, csv_labels.CsvOptions(**settings.get("csv", {})))
-    if source.count(split, flag="split") == 0:
-        raise TfpipeError(f"--split={split!r} selects no examples of {source.name}; choose a wider slice")
+    sources.describe(source, flags={"evaluated": "split"}, evaluated=split)
     if tuple(source.class_names) != trained.class_names:
         raise TfpipeError(
             f"{settings['dataset']} in --data_dir={data_dir} has classes {list(source.class_names)}, "
             f"but the model was trained on {list(trained.class_names)}; give the --data_dir train used"
         )
-    batch_size = settings.get("pipeline.batch_size", 32)
+    batch_size = settings.get("pipeline.batch_size", predict.DEFAULT_BATCH_SIZE)
     batches = pipeline.build(
         source, split, pipeline.PipelineConfig(image_size=trained.image_size, batch_size=batch_size), training=False
     )

@@ -212,7 +212,7 @@ class _RunData:
                 shard=shard,
                 epoch_offset=epoch_offset,
                 service=service,
-                balance=self.balance if training else None,
+                balance=self.balance,  # applied to training datasets only
             )
 
         return distribute.distributed(self.strategy, make, self.config.pipeline.batch_size)

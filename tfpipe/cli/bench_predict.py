@@ -9,14 +9,13 @@ passes alternate between them.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from tfpipe import predict
+from tfpipe import bench, predict
 from tfpipe.cli import errors
 
 FLAGS = flags.FLAGS
@@ -30,9 +29,9 @@ flags.DEFINE_integer("repeats", 3, "Timed passes per side, alternated.")
 def main(argv):
     del argv
     with errors.reported():
-        trained = predict.load(FLAGS.model_dir or "", "best")
+        trained = predict.load(FLAGS.model_dir or "", predict.DEFAULT_MODEL)
         paths = predict.find_images([FLAGS.images or ""])
-    print(f"{len(paths)} images, model {trained.path} at {trained.image_size} px; {os.cpu_count()} cores", flush=True)
+    print(f"{len(paths)} images, model {trained.path} at {trained.image_size} px; {bench.cores()} cores", flush=True)
     decoded = np.concatenate(
         [images for _, images in predict.decoded_batches(paths, trained.image_size, FLAGS.batch_size)]
     )

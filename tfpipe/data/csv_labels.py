@@ -183,7 +183,7 @@ class _FileFinder:
         self._image_dir = image_dir
         self._lookups = [collections.defaultdict(list) for _ in range(4)]
         for path in images:
-            relative = os.path.relpath(path, image_dir).replace(os.sep, "/")
+            relative = file_index.relative(path, image_dir).replace(os.sep, "/")
             name = os.path.basename(relative)
             for lookup, key in zip(self._lookups, (relative, _stem(relative), name, _stem(name))):
                 lookup[key].append(path)
