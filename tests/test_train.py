@@ -151,6 +151,23 @@ def test_fast_feature_extraction_trains_the_same_head(tmp_path, data_dir):
         assert fast_record["val_loss"] == pytest.approx(slow_record["val_loss"], rel=1e-3)
 
 
+def test_whole_base_fine_tuned_from_the_first_epoch(tmp_path, data_dir):
+    # The README's full fine-tuning recipe: no frozen phase, every base layer trained at learning_rate.
+    config = tiny_train_config(
+        tmp_path, data_dir, initial_epochs=0, fine_tune_epochs=2, fine_tune_at="0", fine_tune_lr_factor=1.0
+    )
+    start = WeightsAtStart()
+    results = train(config, extra_callbacks=(start,), log=lambda _: None)
+    history = _history(config)
+    assert [(r["epoch"], r["phase"]) for r in history] == [(1, finetune.FINE_TUNE), (2, finetune.FINE_TUNE)]
+    assert [r["learning_rate"] for r in history] == pytest.approx([1e-3, 1e-3])
+    model = keras.models.load_model(os.path.join(config.model_dir, "final.keras"))
+    model.trainable = True
+    assert results["trainable_variables"]["fine_tune"] == len(model.trainable_weights)
+    unchanged = [w.path for w, old in zip(model.weights, start.weights) if w.trainable and np.array_equal(w, old)]
+    assert not unchanged, f"not trained: {unchanged[:5]}"
+
+
 def test_base_frozen_throughout_and_multiclass(tmp_path, data_dir):
     config = tiny_train_config(tmp_path, data_dir, dataset=TINY_MULTICLASS, initial_epochs=1, fine_tune_epochs=0)
     results = train(config, log=lambda _: None)
