@@ -77,7 +77,9 @@ def test_a_run_killed_inside_any_writer_resumes(tmp_path, data_dir, monkeypatch,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(owner, attribute, breaking)
-    config = tiny_train_config(tmp_path, data_dir, initial_epochs=2, fine_tune_epochs=1, augment="none")
+    config = tiny_train_config(
+        tmp_path, data_dir, initial_epochs=2, fine_tune_epochs=1, augment="none", export=writer == "export"
+    )
     with pytest.raises(Killed):
         train(config, log=lambda _: None)
     monkeypatch.setattr(owner, attribute, real)

@@ -31,6 +31,7 @@ def test_train_writes_every_output(tmp_path, data_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[1].startswith("Weights: none")
     assert "test accuracy" in result.stdout and "Epoch 3/3" in result.stdout
+    assert "final.keras, export/, training_curves.png" in result.stdout
 
     history = read_json(model_dir / "history.json")
     assert [(r["epoch"], r["phase"]) for r in history] == [
@@ -95,7 +96,7 @@ def _train_command(data_dir, model_dir, *flags):
 @pytest.mark.slow
 def test_train_resumes_after_kill_9(tmp_path, data_dir):
     model_dir = tmp_path / "run"
-    command = _train_command(data_dir, model_dir, "--initial_epochs=2", "--fine_tune_epochs=4")
+    command = _train_command(data_dir, model_dir, "--initial_epochs=2", "--fine_tune_epochs=4", "--noexport")
     state_file = model_dir / "checkpoint" / "state.json"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -117,12 +118,13 @@ def test_train_resumes_after_kill_9(tmp_path, data_dir):
     history = read_json(model_dir / "history.json")
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
     assert [r["phase"] for r in history] == ["feature_extraction"] * 2 + ["fine_tune"] * 4
+    assert not (model_dir / "export").exists() and "export/" not in resumed.stdout  # --noexport
 
 
 @pytest.mark.slow
 def test_a_second_train_on_a_live_runs_model_dir_is_refused_naming_it(tmp_path, data_dir):
     model_dir = tmp_path / "run"
-    command = _train_command(data_dir, model_dir, "--initial_epochs=50", "--fine_tune_epochs=0")
+    command = _train_command(data_dir, model_dir, "--initial_epochs=50", "--fine_tune_epochs=0", "--noexport")
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300

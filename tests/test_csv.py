@@ -156,6 +156,7 @@ def test_train_cli_reads_a_csv_dataset_and_evaluate_reopens_it(tmp_path):
         "--initial_epochs=1",
         "--fine_tune_epochs=0",
         "--augment=none",
+        "--noexport",
         "--train_split=train[:50%]",
         "--val_split=train[50%:75%]",
         "--test_split=train[75%:]",

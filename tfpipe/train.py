@@ -342,7 +342,7 @@ class _PhaseFitter:
 
 
 def _save_models(classifier, last_optimizer, config, data, run_dir, placement, strategy) -> None:
-    """final.keras (with the optimizer that trained last) and, on the chief, the SavedModel export."""
+    """final.keras (with the optimizer that trained last) and, on the chief, the SavedModel export if asked for."""
     if not classifier.compiled:
         # Only the head was fit (fast feature extraction), or nothing was left to
         # fit: final.keras gets the optimizer that trained last, state and all.
@@ -351,7 +351,7 @@ def _save_models(classifier, last_optimizer, config, data, run_dir, placement, s
             model_lib.compile_classifier(classifier, data.metadata.num_classes, optimizer)
     with atomic.replacing(run_dir.file(FINAL_MODEL)) as temporary:
         classifier.save(temporary)
-    if placement.is_chief:
+    if placement.is_chief and config.export:
         with atomic.replacing(run_dir.file(EXPORT_DIR), what="the SavedModel export") as temporary:
             classifier.export(temporary, verbose=False)
 

@@ -39,6 +39,7 @@ for name, strategy in (
         initial_epochs=1,
         fine_tune_epochs=1,
         learning_rate=1e-3,
+        export=False,
         verbose=0,
     )
     results = train(config, strategy=strategy, log=lambda _: None)

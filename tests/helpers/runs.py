@@ -33,6 +33,7 @@ def tiny_train_config(tmp_path, data_dir, **overrides):
         initial_epochs=2,
         fine_tune_epochs=2,
         learning_rate=1e-3,
+        export=False,  # the SavedModel takes 6 s of a 40 s tiny run; the tests of export/ ask for it
         verbose=0,
     )
     values.update(overrides)
