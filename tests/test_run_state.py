@@ -64,11 +64,11 @@ def test_best_is_kept_apart_from_current(tmp_path):
         assert _epoch(run, model, 1, val_loss=0.5) is True
         _set_trainable(model, 2.0)
         assert _epoch(run, model, 2, val_loss=0.9) is False
-        assert run.save_best_model(model, str(tmp_path / "best.keras"))
+        assert run.best.save_model(model, str(tmp_path / "best.keras"))
         assert all(np.all(v == 2.0) for v in _trainable(model))  # saving the best leaves the current
         best = keras.models.load_model(str(tmp_path / "best.keras"))
         assert all(np.all(v.numpy() == 1.0) for v in best.layers[-1].weights)
-        run.load_best(model)
+        run.best.load_into(model)
         assert all(np.all(v == 1.0) for v in _trainable(model))
 
 

@@ -119,7 +119,7 @@ def pretrain(config: PretrainConfig, *, extra_callbacks: tuple = (), log: Callab
         _compile(classifier, config, metadata, run_dir, log)
         clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
         _fit(classifier, config, source, run_dir, clock, extra_callbacks)
-        run_dir.load_best(classifier)
+        run_dir.best.load_into(classifier)
         weights_file = run_dir.file(BASE_WEIGHTS)
         with atomic.replacing(weights_file, what="the pretrained weights") as temporary:
             base.save_weights(temporary)

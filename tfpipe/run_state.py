@@ -50,8 +50,46 @@ class RunState:
     optimizer_phase: str | None = None  # the phase whose optimizer the checkpoint holds
 
 
+class BestWeights:
+    """The best epoch's values of the variables training changes, and the model they make.
+
+    A checkpoint holds only those values, so the best model is the run's initial
+    weights with these values on top. Keeping them apart from the current values
+    lets a run save or evaluate its best epoch without losing where training is.
+    """
+
+    def __init__(self, initial_file: str, all_weights: bool):
+        self._initial_file = initial_file
+        self._all_weights = all_weights
+        self.values: dict[int, np.ndarray] = {}
+
+    def load_into(self, model) -> dict | None:
+        """Sets `model` to the best epoch's weights; returns the values it replaced, None if no best yet."""
+        if not self.values:
+            return None
+        current = _changeable_values(model, self._all_weights)
+        with np.load(self._initial_file) as initial:
+            for i, variable in enumerate(model.weights):
+                if i in current or i in self.values:
+                    variable.assign(initial[f"w{i}"])
+        _assign_values(model, self.values)
+        return current
+
+    def save_model(self, model, path: str) -> bool:
+        """Writes the best epoch's model to `path` (a .keras file), leaving `model` as it was."""
+        current = self.load_into(model)
+        if current is None:
+            return False
+        try:
+            with atomic.replacing(path) as temporary:
+                model.save(temporary)
+        finally:
+            _assign_values(model, current)
+        return True
+
+
 class RunDirectory:
-    """--model_dir: its outputs and the resumable state of the run writing them."""
+    """--model_dir: its outputs and the resumable state of the run writing them; `best` is its best epoch."""
 
     def __init__(self, path: str, fingerprint: dict, overwrite: bool = False, all_weights: bool = False):
         """Takes the directory's lock first (RunLock): a live run elsewhere is refused before anything is read."""
@@ -63,6 +101,7 @@ class RunDirectory:
             self._lock.release()
             raise
         self._all_weights = all_weights
+        self.best = BestWeights(os.path.join(self.checkpoint_dir, INITIAL_WEIGHTS), all_weights)
 
     def __enter__(self) -> RunDirectory:
         return self
@@ -93,7 +132,6 @@ class RunDirectory:
         if overwrite:
             self._clear()
         self.state = previous or RunState(fingerprint=fingerprint)
-        self._best_values: dict[int, np.ndarray] = {}
         os.makedirs(self.checkpoint_dir, exist_ok=True)
 
     @property
@@ -119,7 +157,7 @@ class RunDirectory:
                 variable.assign(saved[f"w{i}"])
         with np.load(os.path.join(self.checkpoint_dir, self.state.checkpoint_file)) as saved:
             _assign(model, saved, "current/")
-            self._best_values = {int(k.split("/")[1]): saved[k] for k in saved.files if k.startswith("best/")}
+            self.best.values = {int(k.split("/")[1]): saved[k] for k in saved.files if k.startswith("best/")}
 
     def save_epoch(self, record: dict, model, optimizer, optimizer_phase: str, wall_seconds: dict) -> bool:
         """Records a finished epoch (`record["epoch"]` counts from 1); True if it is the best so far."""
@@ -130,7 +168,7 @@ class RunDirectory:
         current = _changeable_values(model, self._all_weights)
         if improved:
             state.best_epoch, state.best_val_loss = record["epoch"], record["val_loss"]
-            self._best_values = current
+            self.best.values = current
         store = {}
         optimizer.save_own_variables(store)
         name = f"epoch-{record['epoch']:04d}.npz"
@@ -138,7 +176,7 @@ class RunDirectory:
             os.path.join(self.checkpoint_dir, name),
             {
                 **{f"current/{i}": value for i, value in current.items()},
-                **{f"best/{i}": value for i, value in self._best_values.items()},
+                **{f"best/{i}": value for i, value in self.best.values.items()},
                 **{f"optimizer/{key}": value for key, value in store.items()},
             },
         )
@@ -164,30 +202,6 @@ class RunDirectory:
                 f"{len(optimizer.variables)}; the checkpoint is not from this configuration: pass --overwrite"
             )
         optimizer.load_own_variables(store)
-        return True
-
-    def load_best(self, model) -> dict | None:
-        """Sets `model` to the best epoch's weights; returns the values it replaced, None if no best yet."""
-        if not self._best_values:
-            return None
-        current = _changeable_values(model, self._all_weights)
-        with np.load(os.path.join(self.checkpoint_dir, INITIAL_WEIGHTS)) as initial:
-            for i, variable in enumerate(model.weights):
-                if i in current or i in self._best_values:
-                    variable.assign(initial[f"w{i}"])
-        _assign_values(model, self._best_values)
-        return current
-
-    def save_best_model(self, model, path: str) -> bool:
-        """Writes the best epoch's model to `path` (a .keras file), leaving `model` as it was."""
-        current = self.load_best(model)
-        if current is None:
-            return False
-        try:
-            with atomic.replacing(path) as temporary:
-                model.save(temporary)
-        finally:
-            _assign_values(model, current)
         return True
 
     def _load(self) -> RunState | None:

@@ -331,7 +331,7 @@ class _PhaseFitter:
         finally:
             # Written per phase, not per epoch: the checkpoint keeps the best
             # weights, so a killed run loses nothing and the end of the run rewrites it.
-            self.run_dir.save_best_model(self.classifier, self.run_dir.file(BEST_MODEL))
+            self.run_dir.best.save_model(self.classifier, self.run_dir.file(BEST_MODEL))
         if stopper.stopped_at_epoch is not None:
             state = self.run_dir.state
             kept = f"epoch {state.best_epoch} is kept in best.keras" if state.best_epoch else "no epoch finished"
@@ -361,7 +361,7 @@ def _evaluate_test(classifier, config, data: _RunData, run_dir: RunDirectory, pl
     evaluation report in evaluation/ (chief only); None without a test split."""
     if not config.test_split:
         return None
-    run_dir.load_best(classifier)
+    run_dir.best.load_into(classifier)
     trained = TrainedModel(
         classifier, tuple(data.metadata.class_names), config.pipeline.image_size, run_dir.file(BEST_MODEL)
     )
