@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow turns oneDNN on by itself only on x86 CPUs with AVX512_VNNI, AVX512_BF16 or
+# AMX, and with it on some kernels behave differently (an empty batch through conv2d,
+# BUILD_NOTES.md). Forcing it makes every x86 machine run the suite as CI's does; the
+# distribution tests set it both ways in their subprocesses where it matters.
+if platform.machine().lower() in ("x86_64", "amd64"):
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # The default --data_dir (folder: and csv: datasets keep their index cache there) is a
 # temporary folder, so tests never write to ~/tensorflow_datasets; subprocesses inherit it.
 if "TFDS_DATA_DIR" not in os.environ:

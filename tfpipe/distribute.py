@@ -7,7 +7,8 @@
 
 Models, optimizers and metrics are created under strategy.scope(); datasets
 come from distribute_datasets_from_function, one input pipeline per worker,
-each reading its own shard and batching the per-replica share of the global batch.
+each reading its own shard and batching its replicas' share of the global batch,
+padded so that no replica is ever handed an empty batch (replica_batches).
 """
 
 from __future__ import annotations
@@ -107,19 +108,87 @@ def distributed(
     strategy: tf.distribute.Strategy,
     make_dataset: Callable[[int, tuple[int, int] | None], tf.data.Dataset],
     global_batch: int,
+    *,
+    examples: int,
+    training: bool,
 ):
-    """A dataset for model.fit under `strategy`.
+    """A dataset for model.fit under `strategy`, in which no replica ever gets an empty batch.
 
-    make_dataset(per_replica_batch, shard) builds one input pipeline; shard is
-    (pipelines, this pipeline's index) when there are several. On one replica
-    the plain dataset is returned, so Keras keeps its known size. Callers check
+    make_dataset(batch_size, shard) builds one input pipeline of (x, y) or
+    (x, y, sample_weight) batches, dropping the last partial batch when
+    training; shard is (pipelines, this pipeline's index) when there are several.
+    examples: how many examples the whole dataset serves in an epoch (all pipelines).
+
+    On one replica the plain dataset is returned, so Keras keeps its known size.
+    On several, each pipeline serves the same number of steps, and every replica
+    a full batch at each step (see replica_batches). Callers check
     per_replica_batch() before any long work; it is not repeated here.
     """
     if strategy.num_replicas_in_sync == 1 and not getattr(strategy, "cluster_resolver", None):
         return make_dataset(global_batch, None)
+    steps = steps_per_epoch(examples, global_batch, training=training)
 
     def dataset_fn(context: tf.distribute.InputContext):
-        shard = (context.num_input_pipelines, context.input_pipeline_id) if context.num_input_pipelines > 1 else None
-        return make_dataset(context.get_per_replica_batch_size(global_batch), shard)
+        pipelines = context.num_input_pipelines
+        shard = (pipelines, context.input_pipeline_id) if pipelines > 1 else None
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        local_replicas = strategy.num_replicas_in_sync // pipelines
+        batches = make_dataset(per_replica * local_replicas, shard)
+        return replica_batches(batches, per_replica, local_replicas, steps)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def steps_per_epoch(examples: int, global_batch: int, *, training: bool) -> int:
+    """Training drops the last partial global batch, as one device's drop_remainder
+    does; evaluation keeps it (padded, see replica_batches)."""
+    return examples // global_batch if training else -(-examples // global_batch)
+
+
+def dropped_per_epoch(examples: int, global_batch: int) -> int:
+    """Training examples an epoch leaves out: the last partial global batch."""
+    return examples % global_batch
+
+
+def replica_batches(batches: tf.data.Dataset, per_replica: int, local_replicas: int, steps: int) -> tf.data.Dataset:
+    """One pipeline's batches of per_replica * local_replicas examples -> exactly
+    `steps` * local_replicas batches of `per_replica` examples, each with a sample weight.
+
+    Why: tf.distribute hands a replica whose pipeline ran out an empty batch, and
+    on CPUs where TensorFlow turns oneDNN on, TF 2.21's conv2d returns an empty
+    input unchanged, so the next layer fails on the shape (BUILD_NOTES.md). So
+    every replica gets a full batch at every step, and every pipeline as many
+    steps as the others: a short last batch is padded, and a pipeline with fewer
+    batches than `steps` gets whole batches of padding. Padding examples are zeros
+    with sample weight 0, which the classifier's steps leave out of the loss and
+    every metric (model.TransferClassifier), so each real example counts once.
+    A pipeline with more batches than `steps` (training: the last partial global
+    batch) stops at `steps`.
+    """
+    pipeline_batch = per_replica * local_replicas
+    weighted = batches.map(_with_sample_weight)
+    padded = weighted.map(lambda *element: _padded_to(element, pipeline_batch))
+    filler = tf.data.Dataset.from_tensors(
+        tuple(tf.zeros([pipeline_batch, *spec.shape[1:]], spec.dtype) for spec in weighted.element_spec)
+    ).repeat()
+    exact = padded.concatenate(filler).take(steps)
+    if local_replicas > 1:
+        exact = exact.rebatch(per_replica, drop_remainder=True)  # it divides: no batch is dropped
+    return exact.prefetch(local_replicas)
+
+
+def _with_sample_weight(*element):
+    if len(element) == 3:
+        return element
+    images, labels = element
+    return images, labels, tf.ones(tf.shape(labels)[:1], tf.float32)
+
+
+def _padded_to(element, size: int):
+    missing = size - tf.shape(element[0])[0]
+    padded = []
+    for tensor in element:
+        tensor = tf.pad(tensor, [[0, missing]] + [[0, 0]] * (len(tensor.shape) - 1))
+        tensor.set_shape([size, *tensor.shape[1:]])  # static shapes, as drop_remainder gives
+        padded.append(tensor)
+    return tuple(padded)

@@ -33,14 +33,24 @@ def extract(classifier, datasets: list[tf.data.Dataset]) -> list[tuple[np.ndarra
 
 
 def feature_datasets(
-    features: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool, seed: int | None, balance=None
+    features: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    training: bool,
+    seed: int | None,
+    balance=None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (features, labels) as the pipeline makes batches of images: a training
-    dataset is shuffled every epoch and, given a ClassBalance, oversampled or weighted."""
+    dataset is shuffled every epoch and, given a ClassBalance, oversampled or weighted.
+    shard: (num_shards, index) for one of several input pipelines (tf.distribute)."""
     dataset = tf.data.Dataset.from_tensor_slices((features, labels))
+    if shard is not None:
+        dataset = dataset.shard(*shard)
     balance = balance if training else None
     if balance is not None:
-        dataset = balance.oversample(dataset, lambda example: example[1], exact=True)
+        dataset = balance.oversample(dataset, lambda example: example[1], exact=shard is None)
     if training:
         size = balance.epoch_examples(len(labels)) if balance is not None else len(labels)
         dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)

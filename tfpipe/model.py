@@ -108,14 +108,24 @@ class TransferClassifier(keras.Model):
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _metrics_after_step(self, x, y, y_pred, sample_weight, loss):
-        # compute_loss divided by the number of replicas so gradients sum right
-        # across them; the "loss" metric reports the per-example mean.
+        # A sample weight of 0 marks a padding example (distribute.replica_batches):
+        # it counts in no metric. Class weights (balance.py) scale the loss but not
+        # the metrics, which count examples, so metrics see 1 for every real example.
+        batch_size = ops.cast(ops.shape(y_pred)[0], "float32")
+        if sample_weight is None:
+            counted, examples = None, batch_size
+        else:
+            counted = ops.cast(ops.greater(sample_weight, 0), "float32")
+            examples = ops.sum(counted)
+        # compute_loss divided by the batch and by the number of replicas, so that
+        # gradients sum right across them; the "loss" metric reports the mean over
+        # the real examples: the batch's loss sum, over its example count.
         strategy = tf.distribute.get_strategy()
-        batch_size = ops.shape(y_pred)[0]
+        loss_sum = ops.cast(loss, "float32") * strategy.num_replicas_in_sync * batch_size
         for metric in self.metrics:
             if metric.name == "loss":
-                metric.update_state(loss * strategy.num_replicas_in_sync, sample_weight=batch_size)
-        results = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+                metric.update_state(ops.divide_no_nan(loss_sum, examples), sample_weight=examples)
+        results = self.compute_metrics(x, y, y_pred, sample_weight=counted)
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Keras averages step results across workers with reduce(MEAN, axis=0),
             # which fails on scalars (keras-team/keras#20585); as shape [1] they
@@ -171,6 +181,8 @@ def logit_units(num_classes: int) -> int:
 
 
 def loss_and_metrics(num_classes: int):
+    """The loss, and the metrics to compile as weighted_metrics: the steps pass them
+    a 0/1 weight that leaves padding examples out (TransferClassifier._metrics_after_step)."""
     if num_classes == 2:
         return keras.losses.BinaryCrossentropy(from_logits=True), [
             keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")
@@ -202,7 +214,7 @@ def compile_classifier(
     model: keras.Model, num_classes: int, optimizer: keras.optimizers.Optimizer, jit_compile: bool = False
 ) -> None:
     loss, metrics = loss_and_metrics(num_classes)
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile)
+    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=metrics, jit_compile=jit_compile)
 
 
 def base_of(model: keras.Model) -> keras.Model:

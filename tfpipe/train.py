@@ -86,6 +86,7 @@ def train(
         base = _Base.build(config, weights, strategy)
         data = _RunData.open(config, dataset, strategy)
         _log_classes(log, data)
+        _log_dropped(log, data)
         classifier = _build_classifier(config, base, data.metadata.num_classes, strategy)
         trainable_counts = finetune.trainable_counts(classifier, base.model, base.fine_tune_index)
         if weights.keras_weights is None and not run_dir.resumed:
@@ -140,6 +141,16 @@ def _log_classes(log, data) -> None:
         log(
             f"Training split: {min(counts)}-{max(counts)} examples per class; rare classes may be ignored: "
             "try --class_weight=balanced or --balance=oversample"
+        )
+
+
+def _log_dropped(log, data) -> None:
+    examples, batch = data.epoch_examples(data.config.train_split), data.config.pipeline.batch_size
+    dropped = distribute.dropped_per_epoch(examples, batch)
+    if dropped:
+        log(
+            f"Training: {examples // batch} batches of {batch} per epoch; the last {dropped} of the {examples} "
+            "examples in each epoch's shuffled order are left out (drop_remainder)"
         )
 
 
@@ -215,7 +226,17 @@ class _RunData:
                 balance=self.balance,  # applied to training datasets only
             )
 
-        return distribute.distributed(self.strategy, make, self.config.pipeline.batch_size)
+        return distribute.distributed(
+            self.strategy,
+            make,
+            self.config.pipeline.batch_size,
+            examples=self.epoch_examples(split) if training else self.source.count(split),
+            training=training,
+        )
+
+    def epoch_examples(self, split: str) -> int:
+        """Examples a training epoch of `split` serves (oversampling repeats some)."""
+        return self.balance.epoch_examples(self.source.count(split))
 
     def local(self, split: str) -> tf.data.Dataset:
         """`split` in order, on this process alone: no strategy, no service, no shuffle."""
@@ -294,10 +315,18 @@ class _PhaseFitter:
         seed = self.config.pipeline.seed
         batch = self.config.pipeline.batch_size
         (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local)
-        train_features = features.feature_datasets(
-            train_x, train_y, batch, training=True, seed=seed, balance=self.data.balance
-        )
-        val_features = features.feature_datasets(val_x, val_y, batch, training=False, seed=seed)
+
+        def feature_batches(x, y, training):
+            def make(batch_size, shard):
+                return features.feature_datasets(
+                    x, y, batch_size, training=training, seed=seed, balance=self.data.balance, shard=shard
+                )
+
+            examples = self.data.balance.epoch_examples(len(y)) if training else len(y)
+            return distribute.distributed(self.strategy, make, batch, examples=examples, training=training)
+
+        train_features = feature_batches(train_x, train_y, training=True)
+        val_features = feature_batches(val_x, val_y, training=False)
         with self.strategy.scope():  # Keras gives a model the strategy it is created under
             head = model_lib.head_of(self.classifier)
         self._fit(head, phase, first, train_features, val_features, extra_callbacks)

@@ -1,8 +1,9 @@
 """Trains the same short run on one CPU device and mirrored over two logical CPUs;
-prints the largest weight difference. Run as a script: logical devices must be
-configured before TensorFlow initializes, so it cannot share a pytest process.
+prints, as one JSON line, the largest weight difference and what each run scored.
+Run as a script: logical devices must be configured before TensorFlow initializes,
+so it cannot share a pytest process.
 
-Usage: DATA_DIR OUT_DIR [DATASET [CLASS_WEIGHT]]; a folder: dataset starts from random weights."""
+Usage: DATA_DIR OUT_DIR [JSON of TrainConfig overrides]; a folder: dataset starts from random weights."""
 
 import json
 import sys
@@ -12,23 +13,22 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tfpipe.data.pipeline import PipelineConfig  # noqa: E402
 from tfpipe.train import TrainConfig, train  # noqa: E402
 
 data_dir, out_dir = sys.argv[1], sys.argv[2]
-dataset = sys.argv[3] if len(sys.argv) > 3 else "tfpipe_shapes/tiny"
-class_weight = sys.argv[4] if len(sys.argv) > 4 else "none"
-weights = {}
+overrides = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+dataset = overrides.get("dataset", "tfpipe_shapes/tiny")
+runs = {}
 for name, strategy in (
     ("one_device", tf.distribute.OneDeviceStrategy("/cpu:0")),
     ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
 ):
-    config = TrainConfig(
+    settings = dict(
         model_dir=f"{out_dir}/{name}",
-        dataset=dataset,
-        class_weight=class_weight,
         weights="none" if dataset.startswith("folder:") else "auto",
         data_dir=data_dir,
         pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1),
@@ -42,20 +42,32 @@ for name, strategy in (
         export=False,
         verbose=0,
     )
-    results = train(config, strategy=strategy, log=lambda _: None)
-    import keras
-
+    settings.update(overrides)
+    logged = []
+    results = train(TrainConfig(**settings), strategy=strategy, log=logged.append)
     model = keras.models.load_model(f"{out_dir}/{name}/final.keras")
-    weights[name] = ([w.numpy() for w in model.weights], results, strategy.num_replicas_in_sync)
-difference = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["one_device"][0], weights["mirrored"][0]))
-largest_update = max(float(np.max(np.abs(a))) for a in weights["one_device"][0])
+    with open(f"{out_dir}/{name}/history.json") as f:
+        history = json.load(f)
+    with open(f"{out_dir}/{name}/evaluation/report.json") as f:
+        test_report = json.load(f)
+    runs[name] = {
+        "weights": [w.numpy() for w in model.weights],
+        "replicas": strategy.num_replicas_in_sync,
+        "results": results,
+        "history": history,
+        "test_examples": test_report["examples"],
+        "log": logged,
+    }
+one, mirrored = runs["one_device"]["weights"], runs["mirrored"]["weights"]
 print(
     json.dumps(
         {
-            "max_abs_difference": difference,
-            "replicas": {k: v[2] for k, v in weights.items()},
-            "test_loss": {k: v[1]["test_loss"] for k, v in weights.items()},
-            "class_weights": {k: v[1]["class_weights"] for k, v in weights.items()},
+            "max_abs_difference": max(float(np.max(np.abs(a - b))) for a, b in zip(one, mirrored)),
+            **{
+                key: {name: run[key] for name, run in runs.items()}
+                for key in ("replicas", "history", "test_examples", "log")
+            },
+            "results": {name: run["results"] for name, run in runs.items()},
         }
     )
 )
