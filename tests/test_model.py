@@ -115,13 +115,17 @@ def test_two_classes_use_one_logit_and_more_use_one_per_class():
     assert isinstance(binary_loss, keras.losses.BinaryCrossentropy)
 
 
-def test_mixed_precision_training_step_runs_with_loss_scaling():
+@pytest.mark.parametrize(
+    "backbone, alpha, jit_compile", [("mobilenet_v2", 0.35, False), ("efficientnet_lite0", 1.0, True)]
+)
+def test_mixed_precision_training_step_runs_with_loss_scaling(backbone, alpha, jit_compile):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        classifier, base = _classifier()
+        classifier, base = _classifier(backbone=backbone, alpha=alpha)
         finetune.unfreeze_from(base, 100)
-        _compile(classifier)
+        optimizer = model_lib.make_optimizer("rmsprop", 1e-3)
+        model_lib.compile_classifier(classifier, 2, optimizer, jit_compile=jit_compile)  # XLA on CPU too
         assert isinstance(classifier.optimizer, keras.optimizers.LossScaleOptimizer)
         history = classifier.fit(_data(), epochs=1, verbose=0)
     finally:

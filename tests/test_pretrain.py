@@ -104,7 +104,8 @@ def test_pretrain_command_shows_progress_and_where_the_weights_are(tmp_path, dat
     assert result.returncode == 0, result.stderr[-3000:]
     shown = result.stdout + result.stderr  # Keras' progress bar goes where Keras logs
     assert "Epoch 2/2" in shown and "val_accuracy" in shown
-    assert f"--weights={model_dir / BASE_WEIGHTS}" in result.stdout
+    # The line to use them names the backbone and width: the default backbone is another one.
+    assert f"train --backbone=mobilenet_v2 --alpha=0.35 --weights={model_dir / BASE_WEIGHTS}" in result.stdout
     assert (model_dir / BASE_WEIGHTS).is_file()
 
 

@@ -189,7 +189,7 @@ def test_base_frozen_throughout_and_multiclass(tmp_path, data_dir):
         ({"fine_tune_at": "block_99_add"}, "not a layer of"),
         ({"backbone": "vgg16", "alpha": 1.0, "fine_tune_at": "100"}, "has 19 layers"),
         ({"weights": "/no/such/weights.h5"}, "no such file"),
-        ({"pipeline": PipelineConfig(image_size=16, batch_size=8)}, "too small for mobilenet_v2"),
+        ({"pipeline": PipelineConfig(image_size=16, batch_size=8)}, "too small for efficientnet_lite0"),
         ({"learning_rate": 0.0}, "--learning_rate=0.0 must be a positive"),
         ({"jit_compile": True}, "RandomRotation has no XLA kernel"),
         ({"pipeline": PipelineConfig(image_size=32, batch_size=64)}, "fewer than one batch"),

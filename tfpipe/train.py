@@ -425,6 +425,7 @@ def results_record(
         "class_names": list(metadata.class_names),
         "weights": config.weights if config.weights != weights_lib.AUTO else weights.name,
         "weights_used": weights.name,
+        "weights_source": weights.source,  # a package's weights: package, version, file, sha256
         "wall_seconds": {
             finetune.FEATURE_EXTRACTION: round(phase_seconds.get(finetune.FEATURE_EXTRACTION, 0.0), 2),
             finetune.FINE_TUNE: round(phase_seconds.get(finetune.FINE_TUNE, 0.0), 2),

@@ -34,8 +34,8 @@ class TrainConfig:
     pipeline: pipeline.PipelineConfig = pipeline.PipelineConfig()
     augment: str = augment.DEFAULT_AUGMENT
     augment_on: str = "model"
-    backbone: str = "mobilenet_v2"
-    alpha: float = 1.0
+    backbone: str = "efficientnet_lite0"
+    alpha: float = 1.0  # MobileNetV2's width multiplier; 1.0 for the others
     weights: str = "auto"
     dropout: float = 0.2
     fine_tune_at: str = "100"

@@ -32,7 +32,6 @@ for name, strategy in (
         weights="none" if dataset.startswith("folder:") else "auto",
         data_dir=data_dir,
         pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1),
-        alpha=0.35,
         augment="none",
         dropout=0.0,
         fast_feature_extraction=False,

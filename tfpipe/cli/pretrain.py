@@ -1,8 +1,8 @@
 """pretrain: train a base from scratch on formula-drawn images, for offline transfer.
 
-    pretrain --model_dir=runs/fractal                    # the shipped base's recipe (about an hour on 2 cores)
+    pretrain --model_dir=runs/fractal                    # 100 fractal classes (about an hour on 2 cores)
     pretrain --model_dir=runs/quick --dataset=tfpipe_fractals/small --epochs=3
-    train --weights=runs/fractal/base.weights.h5         # fine-tune from it
+    train --backbone=mobilenet_v2 --weights=runs/fractal/base.weights.h5   # fine-tune from it
 
 Writes MODEL_DIR/base.weights.h5 (the no-top base, best validation epoch) and
 MODEL_DIR/results.json. Rerun the same command to resume an interrupted run.
@@ -82,5 +82,6 @@ def main(argv):
         f"\nDone.\n  best validation accuracy: {results['val_accuracy']:.3f} (epoch {results['best_epoch']})\n"
         f"  training time: {results['training_seconds']:.0f} s\n"
         f"  weights: {results['weights_file']} (sha256 {results['sha256']})\n"
-        f"  use them: train --weights={results['weights_file']}"
+        f"  use them: train --backbone={results['backbone']} --alpha={results['alpha']:g} "
+        f"--weights={results['weights_file']}"
     )

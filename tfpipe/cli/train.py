@@ -1,8 +1,8 @@
 """train: fine-tune a pretrained image classifier in two phases.
 
     train --fine_tune_at=100 --initial_epochs=10        # the embedded dataset, offline
-    train --dataset=cats_vs_dogs --weights=imagenet     # the tutorial, with internet
-    train --dataset=folder:/data/pets --backbone=efficientnet_b0
+    train --dataset=cats_vs_dogs                        # the tutorial's data, with internet
+    train --dataset=folder:/data/pets --backbone=mobilenet_v2
 
 Rerun the same command with the same --model_dir to resume an interrupted run.
 """
@@ -28,8 +28,8 @@ flags.DEFINE_float("alpha", _DEFAULTS.alpha, "MobileNetV2 width multiplier.")
 flags.DEFINE_string(
     "weights",
     _DEFAULTS.weights,
-    "auto (fractal on the embedded dataset, imagenet elsewhere), fractal (tfpipe's own base, pretrained offline "
-    "on formula-drawn images), imagenet, none, or a no-top .h5 file.",
+    "auto (imagenet: read offline from its package for efficientnet_lite0; for other backbones downloaded, "
+    "or none on the embedded datasets), imagenet, none, or a no-top .h5 file.",
 )
 flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the final Dense layer.")
 flags.DEFINE_string(

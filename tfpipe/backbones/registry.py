@@ -1,4 +1,5 @@
-"""Pretrained bases: name -> Keras application, its input scaling, its weights.
+"""Pretrained bases: name -> architecture (a Keras application, or one built in this
+package), its input scaling, its weights.
 
 Each backbone expects pixels scaled its own way; tfpipe feeds the model uint8
 images and applies that scaling inside the model, so the pipeline and the
@@ -13,6 +14,7 @@ from typing import Callable
 import keras
 from keras import ops
 
+from tfpipe.backbones import efficientnet_lite
 from tfpipe.errors import TfpipeError
 from tfpipe.weights import CHOICES as WEIGHT_CHOICES
 
@@ -35,6 +37,15 @@ class CaffeScaling(keras.layers.Layer):
 def _symmetric_scaling():
     # MobileNetV2: [0, 255] -> [-1, 1], as keras.applications.mobilenet_v2.preprocess_input.
     return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_symmetric")
+
+
+def _lite_scaling():
+    # EfficientNet-Lite: [0, 255] -> (x - 127) / 128, TensorFlow's convention for Lite.
+    return keras.layers.Rescaling(
+        1.0 / efficientnet_lite.INPUT_STD,
+        offset=-efficientnet_lite.INPUT_MEAN / efficientnet_lite.INPUT_STD,
+        name="scale_for_lite",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +74,8 @@ class Backbone:
             return self.application(
                 input_shape=(image_size, image_size, 3), include_top=False, weights=weights, **kwargs
             )
+        except TfpipeError:
+            raise  # already says what is wrong (a packaged weights file: tfpipe.weights)
         except Exception as error:  # Keras raises several types; all mean the same to the user
             raise TfpipeError(self._weights_failure(weights, alpha, error)) from None
 
@@ -81,6 +94,11 @@ class Backbone:
 
 
 BACKBONES = {
+    "efficientnet_lite0": Backbone(
+        "efficientnet_lite0",
+        efficientnet_lite.EfficientNetLite0,
+        _lite_scaling,
+    ),
     "mobilenet_v2": Backbone("mobilenet_v2", keras.applications.MobileNetV2, _symmetric_scaling, takes_alpha=True),
     # EfficientNet rescales and normalizes its [0, 255] input inside the base.
     "efficientnet_b0": Backbone("efficientnet_b0", keras.applications.EfficientNetB0, None),
