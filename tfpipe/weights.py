@@ -64,7 +64,9 @@ class PackagedWeights:
             )
         path = str(distribution.locate_file(self.file))
         if not os.path.isfile(path):
-            raise TfpipeError(f"{path} is missing from {self.distribution}; reinstall it: pip install '{self.requirement}'")
+            raise TfpipeError(
+                f"{path} is missing from {self.distribution}; reinstall it: pip install '{self.requirement}'"
+            )
         return path
 
     def checked_path(self) -> str:
