@@ -10,10 +10,10 @@ matplotlib.use("Agg")  # files only: no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from tfpipe.finetune import FINE_TUNE  # noqa: E402
 
-
-def plot_history(history: list[dict], path: str) -> None:
+def plot_history(history: list[dict], path: str, *, marked_phase: str | None = None) -> None:
+    """training_curves.png: accuracy and loss per epoch of `history` (history.json's records),
+    with a line before the first epoch of `marked_phase` (the start of fine-tuning)."""
     epochs = [record["epoch"] for record in history]
     figure, axes = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
     for axis, metric, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Cross-entropy loss")):
@@ -21,7 +21,7 @@ def plot_history(history: list[dict], path: str) -> None:
             points = [(e, r[key]) for e, r in zip(epochs, history) if r.get(key) is not None]
             if points:
                 axis.plot(*zip(*points), marker="o", markersize=3, label=f"{label} {metric}")
-        first_fine_tune = next((r["epoch"] for r in history if r["phase"] == FINE_TUNE), None)
+        first_fine_tune = next((r["epoch"] for r in history if r["phase"] == marked_phase), None)
         if first_fine_tune is not None:
             # Fine-tuning starts after the last feature-extraction epoch.
             axis.axvline(first_fine_tune - 0.5, color="gray", linestyle="--", label="Start fine-tuning")

@@ -444,7 +444,7 @@ def _write_results(results: dict, run_dir: RunDirectory, placement) -> None:
     atomic.write_json(run_dir.file(RESULTS), results)  # history.json is written with every epoch's checkpoint
     if placement.is_chief:
         with atomic.replacing(run_dir.file(TRAINING_CURVES)) as temporary:
-            report.plot_history(run_dir.state.history, temporary)
+            report.plot_history(run_dir.state.history, temporary, marked_phase=finetune.FINE_TUNE)
 
 
 @contextlib.contextmanager
