@@ -25,7 +25,7 @@ from tfpipe import atomic
 from tfpipe import report as report_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.predict import TrainedModel
-from tfpipe.run_files import EVALUATION_DIR
+from tfpipe.runs.files import EVALUATION_DIR
 
 REPORT = "report.json"
 CONFUSION_MATRIX = "confusion_matrix.png"
@@ -139,7 +139,7 @@ def evaluate_run(model_dir: str, split: str | None = None, which: str | None = N
     goes to evaluation/, any other split to evaluation/<split>/."""
     from tfpipe import predict
     from tfpipe.data import csv_labels, pipeline, sources
-    from tfpipe.run_files import read_run_settings
+    from tfpipe.runs.files import read_run_settings
 
     settings = read_run_settings(model_dir)
     trained = predict.load(model_dir, which or predict.DEFAULT_MODEL)

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
-from tfpipe import run_files
 from tfpipe.data import file_index, folder, pipeline
 from tfpipe.errors import TfpipeError
+from tfpipe.runs import files as run_files
 
 MODEL_CHOICES = tuple(run_files.MODEL_FILES)  # best, final; or a path to a .keras file
 DEFAULT_MODEL = MODEL_CHOICES[0]
