@@ -27,8 +27,8 @@ import numpy as np
 from tfpipe import atomic
 from tfpipe.errors import TfpipeError
 from tfpipe.paths import ensure_writable_dir
-from tfpipe.run_lock import RunLock
 from tfpipe.runs.files import CHECKPOINT_DIR, HISTORY, RUN_OUTPUTS, STATE_FILE
+from tfpipe.runs.lock import RunLock
 
 INITIAL_WEIGHTS = "initial.npz"
 
