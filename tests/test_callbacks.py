@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from tfpipe import callbacks
-from tfpipe.run_state import RunDirectory
+from tfpipe.runs.state import RunDirectory
 
 
 def _model():

@@ -6,8 +6,8 @@ import socket
 import pytest
 
 from tfpipe.errors import TfpipeError
-from tfpipe.run_state import RunDirectory
 from tfpipe.runs.lock import RunLock
+from tfpipe.runs.state import RunDirectory
 
 
 def test_a_held_directory_is_refused_with_the_holder_and_free_after_release(tmp_path):

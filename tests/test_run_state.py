@@ -8,8 +8,8 @@ import pytest
 from helpers.runs import read_json
 
 from tfpipe.errors import TfpipeError
-from tfpipe.run_state import RunDirectory
 from tfpipe.runs.files import CHECKPOINT_DIR, HISTORY, STATE_FILE
+from tfpipe.runs.state import RunDirectory
 
 
 def _model(frozen_first=True):

@@ -10,7 +10,7 @@ import time
 import keras
 import numpy as np
 
-from tfpipe.run_state import RunDirectory
+from tfpipe.runs.state import RunDirectory
 
 
 def learning_rate_of(optimizer) -> float:

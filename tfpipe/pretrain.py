@@ -28,8 +28,8 @@ from tfpipe import weights as weights_lib
 from tfpipe.data import pipeline, sources, splits
 from tfpipe.data.builders import PRETRAINING_DATASET
 from tfpipe.errors import TfpipeError
-from tfpipe.run_state import RunDirectory
 from tfpipe.runs.files import RESULTS
+from tfpipe.runs.state import RunDirectory
 from tfpipe.train_config import SPLIT_FLAGS
 
 PHASE = "pretrain"

@@ -40,8 +40,8 @@ from tfpipe.data import pipeline, sources
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.predict import TrainedModel
-from tfpipe.run_state import RunDirectory
 from tfpipe.runs.files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
+from tfpipe.runs.state import RunDirectory
 from tfpipe.train_config import SPLIT_FLAGS, TrainConfig
 
 __all__ = ["TrainConfig", "train"]
