@@ -2,9 +2,9 @@
 
 import pytest
 
-from tfpipe import weights
 from tfpipe.data import sources
 from tfpipe.errors import TfpipeError
+from tfpipe.models import weights
 
 
 def _resolve(choice, backbone="efficientnet_lite0", alpha=1.0, dataset="tfpipe_shapes"):

@@ -2,8 +2,8 @@
 architectures built here (EfficientNet-Lite0), and the reader of the PyTorch weight
 files they come in.
 
-Owns: building a base from what tfpipe.weights resolved. Imports: Keras, numpy,
-tfpipe.weights and tfpipe.errors; nothing about data, training or runs.
+Owns: building a base from what tfpipe.models.weights resolved. Imports: Keras, numpy,
+tfpipe.models.weights and tfpipe.errors; nothing about data, training or runs.
 """
 
 from tfpipe.backbones.registry import (  # noqa: F401

@@ -16,7 +16,7 @@ from keras import ops
 
 from tfpipe.backbones import efficientnet_lite
 from tfpipe.errors import TfpipeError
-from tfpipe.weights import CHOICES as WEIGHT_CHOICES
+from tfpipe.models.weights import CHOICES as WEIGHT_CHOICES
 
 # Keras applications with include_top=False accept inputs from 32 px up.
 MIN_IMAGE_SIZE = 32
@@ -67,7 +67,7 @@ class Backbone:
 
     def build_base(self, image_size: int, weights: str | None, alpha: float = 1.0) -> keras.Model:
         """The application with include_top=False; weights: 'imagenet', None or a file path
-        (tfpipe.weights.resolve turns --weights into one of them)."""
+        (tfpipe.models.weights.resolve turns --weights into one of them)."""
         self.check(image_size, alpha)
         kwargs = {"alpha": alpha} if self.takes_alpha else {}
         try:
@@ -75,7 +75,7 @@ class Backbone:
                 input_shape=(image_size, image_size, 3), include_top=False, weights=weights, **kwargs
             )
         except TfpipeError:
-            raise  # already says what is wrong (a packaged weights file: tfpipe.weights)
+            raise  # already says what is wrong (a packaged weights file: tfpipe.models.weights)
         except Exception as error:  # Keras raises several types; all mean the same to the user
             raise TfpipeError(self._weights_failure(weights, alpha, error)) from None
 
