@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpipe import backbones, features
+from tfpipe import features
 from tfpipe import model as model_lib
+from tfpipe.models import backbones
 
 
 def _classifier():

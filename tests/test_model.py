@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 
 import tfpipe  # noqa: F401  (registers the custom objects for load_model)
-from tfpipe import backbones, finetune
+from tfpipe import finetune
 from tfpipe import model as model_lib
 from tfpipe.errors import TfpipeError
+from tfpipe.models import backbones
 
 SIZE = 32
 

@@ -8,9 +8,9 @@ import pytest
 from helpers.runs import read_json
 from helpers.tools import assert_one_line_error, run_tool
 
-from tfpipe import backbones
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
+from tfpipe.models import backbones
 from tfpipe.pretrain import BASE_WEIGHTS, PretrainConfig, pretrain
 from tfpipe.train import train
 

@@ -19,8 +19,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfpipe import backbones
 from tfpipe.errors import TfpipeError
+from tfpipe.models import backbones
 
 AUGMENTATION_LAYER = "augmentation"
 BASE_LAYER = "base"

@@ -14,9 +14,10 @@ import os
 
 from absl import flags
 
-from tfpipe import backbones, distribute, model
+from tfpipe import distribute, model
 from tfpipe.cli import data_flags, launch
 from tfpipe.data import balance
+from tfpipe.models import backbones
 from tfpipe.runs import files as run_files
 from tfpipe.train import TrainConfig, train
 

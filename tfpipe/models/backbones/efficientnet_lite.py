@@ -20,9 +20,9 @@ import string
 import keras
 import numpy as np
 
-from tfpipe.backbones.torch_checkpoint import read_state_dict
 from tfpipe.errors import TfpipeError
 from tfpipe.models import weights as weights_lib
+from tfpipe.models.backbones.torch_checkpoint import read_state_dict
 
 # (expansion, kernel, stride, filters, repeats) of each stage, as in EfficientNet-B0.
 STAGES = (

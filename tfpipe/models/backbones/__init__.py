@@ -6,7 +6,7 @@ Owns: building a base from what tfpipe.models.weights resolved. Imports: Keras, 
 tfpipe.models.weights and tfpipe.errors; nothing about data, training or runs.
 """
 
-from tfpipe.backbones.registry import (  # noqa: F401
+from tfpipe.models.backbones.registry import (  # noqa: F401
     BACKBONES,
     MIN_IMAGE_SIZE,
     Backbone,

@@ -14,8 +14,8 @@ from typing import Callable
 import keras
 from keras import ops
 
-from tfpipe.backbones import efficientnet_lite
 from tfpipe.errors import TfpipeError
+from tfpipe.models.backbones import efficientnet_lite
 from tfpipe.models.weights import CHOICES as WEIGHT_CHOICES
 
 # Keras applications with include_top=False accept inputs from 32 px up.
