@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 
 from tfpipe import augment
-from tfpipe import model as model_lib
 from tfpipe.data import pipeline
 from tfpipe.errors import TfpipeError
 from tfpipe.models import backbones
+from tfpipe.models import classifier as model_lib
 
 ALL = "flip,rotation=0.2,zoom=0.1,contrast=0.2,translation=0.1,brightness=0.2"
 

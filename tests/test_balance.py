@@ -82,7 +82,7 @@ def _rare_recall_of_head(how: balance.ClassBalance) -> float:
     import keras
 
     from tfpipe import features
-    from tfpipe import model as model_lib
+    from tfpipe.models import classifier as model_lib
 
     keras.utils.set_random_seed(0)
     train_x, train_y = _overlapping_features((360, 40), seed=1)
@@ -107,7 +107,7 @@ def test_the_rare_class_recall_rises_against_the_unweighted_run(how):
 def test_the_classifiers_train_step_weights_its_loss_by_class():
     import keras
 
-    from tfpipe import model as model_lib
+    from tfpipe.models import classifier as model_lib
 
     inputs = keras.Input((3,))
     classifier = model_lib.TransferClassifier(inputs, keras.layers.Dense(1, kernel_initializer="ones")(inputs))

@@ -17,11 +17,11 @@ from helpers.tools import REPO, assert_one_line_error, run_bench, run_tool
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
 from tfpipe import distribute
-from tfpipe import model as model_lib
 from tfpipe.data import pipeline, service
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
-from tfpipe.model import TransferClassifier
+from tfpipe.models import classifier as model_lib
+from tfpipe.models.classifier import TransferClassifier
 from tfpipe.train import train
 
 # Split sizes that leave a replica short or empty at the last step (batch 8, 4 per replica):

@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipe import features
-from tfpipe import model as model_lib
 from tfpipe.models import backbones
+from tfpipe.models import classifier as model_lib
 
 
 def _classifier():

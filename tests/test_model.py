@@ -7,9 +7,9 @@ import tensorflow as tf
 
 import tfpipe  # noqa: F401  (registers the custom objects for load_model)
 from tfpipe import finetune
-from tfpipe import model as model_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.models import backbones
+from tfpipe.models import classifier as model_lib
 
 SIZE = 32
 

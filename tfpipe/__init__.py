@@ -7,5 +7,5 @@ load with keras.models.load_model.
 
 __version__ = "0.1.0"
 
-from tfpipe import model as _model  # noqa: E402,F401  (registers custom Keras objects)
 from tfpipe.models import backbones as _backbones  # noqa: E402,F401  (registers custom Keras objects)
+from tfpipe.models import classifier as _model  # noqa: E402,F401  (registers custom Keras objects)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfpipe import model as model_lib
+from tfpipe.models import classifier as model_lib
 
 
 def extract(classifier, datasets: list[tf.data.Dataset]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -19,7 +19,7 @@ import dataclasses
 import keras
 
 from tfpipe.errors import TfpipeError
-from tfpipe.model import BASE_LAYER
+from tfpipe.models.classifier import BASE_LAYER
 
 FEATURE_EXTRACTION = "feature_extraction"
 FINE_TUNE = "fine_tune"

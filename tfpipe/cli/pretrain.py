@@ -15,9 +15,9 @@ import os
 
 from absl import flags
 
-from tfpipe import model
 from tfpipe.cli import data_flags, launch
 from tfpipe.models import backbones
+from tfpipe.models import classifier as model
 from tfpipe.pretrain import PretrainConfig, pretrain
 
 FLAGS = flags.FLAGS

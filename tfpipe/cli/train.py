@@ -14,10 +14,11 @@ import os
 
 from absl import flags
 
-from tfpipe import distribute, model
+from tfpipe import distribute
 from tfpipe.cli import data_flags, launch
 from tfpipe.data import balance
 from tfpipe.models import backbones
+from tfpipe.models import classifier as model
 from tfpipe.runs import files as run_files
 from tfpipe.train import TrainConfig, train
 
