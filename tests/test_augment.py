@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpipe import augment
 from tfpipe.data import pipeline
 from tfpipe.errors import TfpipeError
-from tfpipe.models import backbones
+from tfpipe.models import augment, backbones
 from tfpipe.models import classifier as model_lib
 
 ALL = "flip,rotation=0.2,zoom=0.1,contrast=0.2,translation=0.1,brightness=0.2"

@@ -298,7 +298,7 @@ def test_an_unreachable_dispatcher_fails_within_15_seconds(tiny_source):
 
 
 def test_a_pipeline_the_service_cannot_run_is_refused_with_the_reason(tiny_source, local_service):
-    from tfpipe import augment
+    from tfpipe.models import augment
 
     flips = augment.build(augment.parse("flip"), seed=1)  # Keras layers hold seed variables
     with pytest.raises(TfpipeError, match="cannot run this pipeline: .*Serialization error.*captures state"):

@@ -22,11 +22,11 @@ from typing import Callable
 
 import keras
 
-from tfpipe import atomic, augment, callbacks
+from tfpipe import atomic, callbacks
 from tfpipe.data import pipeline, sources, splits
 from tfpipe.data.builders import PRETRAINING_DATASET
 from tfpipe.errors import TfpipeError
-from tfpipe.models import backbones
+from tfpipe.models import augment, backbones
 from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import RESULTS

@@ -22,12 +22,12 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfpipe import atomic, augment, callbacks, distribute, evaluation, features, finetune, report
+from tfpipe import atomic, callbacks, distribute, evaluation, features, finetune, report
 from tfpipe.data import balance as balance_lib
 from tfpipe.data import pipeline, sources
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
-from tfpipe.models import backbones
+from tfpipe.models import augment, backbones
 from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
 from tfpipe.predict import TrainedModel

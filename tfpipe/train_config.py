@@ -12,11 +12,11 @@ import dataclasses
 import json
 import math
 
-from tfpipe import augment, distribute
+from tfpipe import distribute
 from tfpipe.data import balance, csv_labels, pipeline, sources, splits
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
-from tfpipe.models import backbones
+from tfpipe.models import augment, backbones
 from tfpipe.models import classifier as model_lib
 
 # Each split's role -> the setting (and flag) that names it, for messages about it.

@@ -17,10 +17,11 @@ import sys
 
 from absl import flags
 
-from tfpipe import augment, bench
+from tfpipe import bench
 from tfpipe.cli import data_flags, errors
 from tfpipe.data import sources, splits
 from tfpipe.errors import TfpipeError
+from tfpipe.models import augment
 
 FLAGS = flags.FLAGS
 FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's own

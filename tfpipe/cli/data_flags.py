@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from tfpipe import augment
 from tfpipe.data import csv_labels, pipeline, service
+from tfpipe.models import augment
 from tfpipe.train_config import TrainConfig
 
 FLAGS = flags.FLAGS
