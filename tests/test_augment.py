@@ -99,7 +99,7 @@ def test_pipeline_augmentation_differs_between_epochs(tiny_source):
 
 
 def test_augmentation_in_the_pipeline_is_refused_with_the_data_service_before_any_work(tmp_path):
-    from tfpipe.train_config import TrainConfig
+    from tfpipe.training.config import TrainConfig
 
     config = TrainConfig(model_dir=str(tmp_path), augment_on="pipeline", data_service="grpc://localhost:5050")
     with pytest.raises(TfpipeError, match="--augment_on=pipeline cannot run on the tf.data service"):

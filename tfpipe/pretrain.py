@@ -31,7 +31,7 @@ from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import RESULTS
 from tfpipe.runs.state import RunDirectory
-from tfpipe.train_config import SPLIT_FLAGS
+from tfpipe.training.config import SPLIT_FLAGS
 
 PHASE = "pretrain"
 BASE_WEIGHTS = "base.weights.h5"

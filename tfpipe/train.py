@@ -33,7 +33,7 @@ from tfpipe.models import weights as weights_lib
 from tfpipe.predict import TrainedModel
 from tfpipe.runs.files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
 from tfpipe.runs.state import RunDirectory
-from tfpipe.train_config import SPLIT_FLAGS, TrainConfig
+from tfpipe.training.config import SPLIT_FLAGS, TrainConfig
 
 __all__ = ["TrainConfig", "train"]
 

@@ -10,7 +10,7 @@ from absl import flags
 
 from tfpipe.data import csv_labels, pipeline, service
 from tfpipe.models import augment
-from tfpipe.train_config import TrainConfig
+from tfpipe.training.config import TrainConfig
 
 FLAGS = flags.FLAGS
 # Defaults come from the library's own: a run from flags and one from TrainConfig() agree.

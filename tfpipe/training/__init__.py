@@ -1,0 +1,13 @@
+"""Training: a whole fine-tuning run, and pretraining a base from scratch.
+
+    train       train(TrainConfig): a run as a flat list of stages, resumable
+    config      TrainConfig, every setting of a run, checked before any work
+    finetune    the two-phase schedule, the fine-tune boundary, BatchNorm handling
+    features    fast feature extraction: the frozen base run once, the head trained on its output
+    callbacks   per-epoch records and checkpoints, the phase clock, the NaN stop
+    distribute  tf.distribute strategies, and datasets in which no replica gets an empty batch
+    pretrain    bin/pretrain: a base trained from scratch, written as a no-top weights file
+
+Imports: data/, models/, runs/, inference/ (the test split's evaluation at a run's end);
+nothing imports training/ but cli/ and the package's public names.
+"""
