@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpipe import finetune
 from tfpipe.errors import TfpipeError
 from tfpipe.models import backbones, weights
 from tfpipe.models.backbones import efficientnet_lite, torch_checkpoint
+from tfpipe.training import finetune
 
 PACKAGED = weights.PACKAGED_IMAGENET["efficientnet_lite0"]
 # ImageNet class ids each photo may be called, top-1 (skimage/data).

@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 
 import tfpipe  # noqa: F401  (registers the custom objects for load_model)
-from tfpipe import finetune
 from tfpipe.errors import TfpipeError
 from tfpipe.models import backbones
 from tfpipe.models import classifier as model_lib
+from tfpipe.training import finetune
 
 SIZE = 32
 

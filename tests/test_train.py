@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from helpers.runs import TINY_MULTICLASS, read_json, tiny_train_config
 
-from tfpipe import finetune
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
 from tfpipe.train import train
+from tfpipe.training import finetune
 
 
 def _history(config):
