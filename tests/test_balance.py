@@ -81,8 +81,8 @@ def _rare_recall_of_head(how: balance.ClassBalance) -> float:
     """Trains a head, as fast feature extraction does, on a 9:1 split; its recall of the rare class."""
     import keras
 
-    from tfpipe import features
     from tfpipe.models import classifier as model_lib
+    from tfpipe.training import features
 
     keras.utils.set_random_seed(0)
     train_x, train_y = _overlapping_features((360, 40), seed=1)

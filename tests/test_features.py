@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpipe import features
 from tfpipe.models import backbones
 from tfpipe.models import classifier as model_lib
+from tfpipe.training import features
 
 
 def _classifier():
