@@ -5,8 +5,8 @@ import time
 import keras
 import numpy as np
 
-from tfpipe import callbacks
 from tfpipe.runs.state import RunDirectory
+from tfpipe.training import callbacks
 
 
 def _model():

@@ -22,7 +22,7 @@ from typing import Callable
 
 import keras
 
-from tfpipe import atomic, callbacks
+from tfpipe import atomic
 from tfpipe.data import pipeline, sources, splits
 from tfpipe.data.builders import PRETRAINING_DATASET
 from tfpipe.errors import TfpipeError
@@ -31,6 +31,7 @@ from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import RESULTS
 from tfpipe.runs.state import RunDirectory
+from tfpipe.training import callbacks
 from tfpipe.training.config import SPLIT_FLAGS
 
 PHASE = "pretrain"
