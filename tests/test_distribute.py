@@ -16,13 +16,13 @@ from helpers.servers import free_port, start_server, stop
 from helpers.tools import REPO, assert_one_line_error, run_bench, run_tool
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
-from tfpipe import distribute
 from tfpipe.data import pipeline, service
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
 from tfpipe.models import classifier as model_lib
 from tfpipe.models.classifier import TransferClassifier
 from tfpipe.train import train
+from tfpipe.training import distribute
 
 # Split sizes that leave a replica short or empty at the last step (batch 8, 4 per replica):
 # 28 and 29 training examples make 7 per-replica batches (one replica empty at the 4th step);

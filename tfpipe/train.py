@@ -22,7 +22,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfpipe import atomic, distribute, evaluation, report
+from tfpipe import atomic, evaluation, report
 from tfpipe.data import balance as balance_lib
 from tfpipe.data import pipeline, sources
 from tfpipe.data import service as service_lib
@@ -33,7 +33,7 @@ from tfpipe.models import weights as weights_lib
 from tfpipe.predict import TrainedModel
 from tfpipe.runs.files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
 from tfpipe.runs.state import RunDirectory
-from tfpipe.training import callbacks, features, finetune
+from tfpipe.training import callbacks, distribute, features, finetune
 from tfpipe.training.config import SPLIT_FLAGS, TrainConfig
 
 __all__ = ["TrainConfig", "train"]

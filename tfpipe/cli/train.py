@@ -14,13 +14,13 @@ import os
 
 from absl import flags
 
-from tfpipe import distribute
 from tfpipe.cli import data_flags, launch
 from tfpipe.data import balance
 from tfpipe.models import backbones
 from tfpipe.models import classifier as model
 from tfpipe.runs import files as run_files
 from tfpipe.train import TrainConfig, train
+from tfpipe.training import distribute
 
 FLAGS = flags.FLAGS
 FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's own

@@ -12,12 +12,12 @@ import dataclasses
 import json
 import math
 
-from tfpipe import distribute
 from tfpipe.data import balance, csv_labels, pipeline, sources, splits
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.models import augment, backbones
 from tfpipe.models import classifier as model_lib
+from tfpipe.training import distribute
 
 # Each split's role -> the setting (and flag) that names it, for messages about it.
 SPLIT_FLAGS = {"train": "train_split", "validation": "val_split", "test": "test_split"}
