@@ -18,7 +18,7 @@ from absl import flags
 from tfpipe.cli import data_flags, launch
 from tfpipe.models import backbones
 from tfpipe.models import classifier as model
-from tfpipe.pretrain import PretrainConfig, pretrain
+from tfpipe.training.pretrain import PretrainConfig, pretrain
 
 FLAGS = flags.FLAGS
 FLAG_MODULES = (data_flags.__name__,)

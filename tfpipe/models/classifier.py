@@ -159,7 +159,7 @@ def build_classifier(
     """The Functional classifier around `base`; one logit for two classes, else one per class.
 
     frozen_statistics=False lets the base's BatchNorm layers follow the `training`
-    flag, as training a base from scratch needs (tfpipe.pretrain); fine-tuning a
+    flag, as training a base from scratch needs (tfpipe.training.pretrain); fine-tuning a
     pretrained base keeps them frozen (see the module docstring).
     """
     inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")

@@ -10,7 +10,7 @@ checkpoint/epoch-NNNN.npz; only then does checkpoint/state.json, replaced
 atomically, point at it. A run killed at any moment (even with kill -9 in the
 middle of a write) therefore finds either the previous epoch's state or the new
 one, never a mix; and in feature extraction a checkpoint is a few kilobytes, not
-the whole model. Training a base from scratch (tfpipe.pretrain) is the exception:
+the whole model. Training a base from scratch (tfpipe.training.pretrain) is the exception:
 its BatchNorm statistics change too, so there every weight is checkpointed
 (all_weights=True).
 """
