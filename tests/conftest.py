@@ -47,7 +47,7 @@ def tiny_source(data_dir):
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, data_dir):
     """A finished tiny two-class run (one epoch per phase, with a test split): (config, results, log lines)."""
-    from tfpipe.train import train
+    from tfpipe.training.train import train
 
     config = tiny_train_config(tmp_path_factory.mktemp("finished"), data_dir, initial_epochs=1, fine_tune_epochs=1)
     logged = []

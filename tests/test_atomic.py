@@ -12,7 +12,7 @@ from helpers.runs import read_json, tiny_train_config
 
 from tfpipe import atomic
 from tfpipe.errors import TfpipeError
-from tfpipe.train import train
+from tfpipe.training.train import train
 
 
 class Killed(Exception):

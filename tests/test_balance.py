@@ -123,7 +123,7 @@ def test_the_classifiers_train_step_weights_its_loss_by_class():
 
 
 def test_train_records_the_class_counts_and_the_correction(tmp_path, data_dir):
-    from tfpipe.train import train
+    from tfpipe.training.train import train
 
     folder = imbalanced_folder(tmp_path / "f", (27, 3))
     config = tiny_train_config(

@@ -21,8 +21,8 @@ from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
 from tfpipe.models import classifier as model_lib
 from tfpipe.models.classifier import TransferClassifier
-from tfpipe.train import train
 from tfpipe.training import distribute
+from tfpipe.training.train import train
 
 # Split sizes that leave a replica short or empty at the last step (batch 8, 4 per replica):
 # 28 and 29 training examples make 7 per-replica batches (one replica empty at the 4th step);

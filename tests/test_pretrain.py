@@ -11,8 +11,8 @@ from helpers.tools import assert_one_line_error, run_tool
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
 from tfpipe.models import backbones
-from tfpipe.train import train
 from tfpipe.training.pretrain import BASE_WEIGHTS, PretrainConfig, pretrain
+from tfpipe.training.train import train
 
 TINY_FRACTALS = "tfpipe_fractals/tiny"  # 4 classes, 40 images of 32 px
 

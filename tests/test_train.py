@@ -11,8 +11,8 @@ from helpers.runs import TINY_MULTICLASS, read_json, tiny_train_config
 
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
-from tfpipe.train import train
 from tfpipe.training import finetune
+from tfpipe.training.train import train
 
 
 def _history(config):

@@ -17,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tfpipe.data.pipeline import PipelineConfig  # noqa: E402
-from tfpipe.train import TrainConfig, train  # noqa: E402
+from tfpipe.training.train import TrainConfig, train  # noqa: E402
 
 data_dir, out_dir = sys.argv[1], sys.argv[2]
 overrides = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}

@@ -21,7 +21,7 @@ TINY_TRAIN_FLAGS = [
 
 def tiny_train_config(tmp_path, data_dir, **overrides):
     """A TrainConfig for seconds-long runs of the tiny dataset (TINY_PIPELINE, the default backbone)."""
-    from tfpipe.train import TrainConfig
+    from tfpipe.training.train import TrainConfig
 
     values = dict(
         model_dir=str(tmp_path / "run"),

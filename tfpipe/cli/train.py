@@ -19,8 +19,8 @@ from tfpipe.data import balance
 from tfpipe.models import backbones
 from tfpipe.models import classifier as model
 from tfpipe.runs import files as run_files
-from tfpipe.train import TrainConfig, train
 from tfpipe.training import distribute
+from tfpipe.training.train import TrainConfig, train
 
 FLAGS = flags.FLAGS
 FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's own
