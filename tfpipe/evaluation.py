@@ -24,7 +24,7 @@ import tensorflow as tf
 from tfpipe import atomic
 from tfpipe import report as report_lib
 from tfpipe.errors import TfpipeError
-from tfpipe.predict import TrainedModel
+from tfpipe.inference.predict import TrainedModel
 from tfpipe.runs.files import EVALUATION_DIR
 
 REPORT = "report.json"
@@ -137,8 +137,8 @@ def evaluate_run(model_dir: str, split: str | None = None, which: str | None = N
     """Evaluates a finished run on `split` (default: its test split) of the dataset it was
     trained on; returns (report, the folder it was written to). The run's test split
     goes to evaluation/, any other split to evaluation/<split>/."""
-    from tfpipe import predict
     from tfpipe.data import csv_labels, pipeline, sources
+    from tfpipe.inference import predict
     from tfpipe.runs.files import read_run_settings
 
     settings = read_run_settings(model_dir)

@@ -15,8 +15,9 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from tfpipe import bench, predict
+from tfpipe import bench
 from tfpipe.cli import errors
+from tfpipe.inference import predict
 
 FLAGS = flags.FLAGS
 

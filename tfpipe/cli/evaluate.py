@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from tfpipe import evaluation, predict
+from tfpipe import evaluation
 from tfpipe.cli import errors
 from tfpipe.errors import TfpipeError
+from tfpipe.inference import predict
 
 FLAGS = flags.FLAGS
 

@@ -15,9 +15,9 @@ import sys
 
 from absl import flags
 
-from tfpipe import predict
 from tfpipe.cli import errors
 from tfpipe.errors import TfpipeError
+from tfpipe.inference import predict
 
 FLAGS = flags.FLAGS
 

@@ -27,10 +27,10 @@ from tfpipe.data import balance as balance_lib
 from tfpipe.data import pipeline, sources
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
+from tfpipe.inference.predict import TrainedModel
 from tfpipe.models import augment, backbones
 from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
-from tfpipe.predict import TrainedModel
 from tfpipe.runs.files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
 from tfpipe.runs.state import RunDirectory
 from tfpipe.training import callbacks, distribute, features, finetune
