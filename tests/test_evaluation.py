@@ -7,8 +7,8 @@ import pytest
 from helpers.runs import read_json
 from helpers.tools import assert_one_line_error, run_tool
 
-from tfpipe import evaluation
 from tfpipe.errors import TfpipeError
+from tfpipe.inference import evaluation
 
 # Tests that share the session's finished run go to one test process, which builds it once.
 pytestmark = pytest.mark.xdist_group("finished_run")

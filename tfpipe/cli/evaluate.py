@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from tfpipe import evaluation
 from tfpipe.cli import errors
 from tfpipe.errors import TfpipeError
-from tfpipe.inference import predict
+from tfpipe.inference import evaluation, predict
 
 FLAGS = flags.FLAGS
 
