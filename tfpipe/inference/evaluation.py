@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipe import atomic
-from tfpipe import report as report_lib
 from tfpipe.errors import TfpipeError
+from tfpipe.inference import report as report_lib
 from tfpipe.inference.predict import TrainedModel
 from tfpipe.runs.files import EVALUATION_DIR
 

@@ -22,12 +22,12 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfpipe import atomic, report
+from tfpipe import atomic
 from tfpipe.data import balance as balance_lib
 from tfpipe.data import pipeline, sources
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
-from tfpipe.inference import evaluation
+from tfpipe.inference import evaluation, report
 from tfpipe.inference.predict import TrainedModel
 from tfpipe.models import augment, backbones
 from tfpipe.models import classifier as model_lib
