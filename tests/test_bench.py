@@ -1,9 +1,9 @@
-"""tfpipe.bench.compare: the comparison bench_input prints, called directly."""
+"""tfpipe.bench.pipelines.compare: the comparison bench_input prints, called directly."""
 
 import pytest
 from helpers.runs import TINY, TINY_PIPELINE
 
-from tfpipe import bench
+from tfpipe.bench import pipelines as bench
 from tfpipe.data import sources
 from tfpipe.errors import TfpipeError
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 from helpers.images import write_image
 from helpers.runs import fingerprints
 
-from tfpipe import bench
+from tfpipe.bench import pipelines as bench
 from tfpipe.data import pipeline
 from tfpipe.errors import TfpipeError
 

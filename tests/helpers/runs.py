@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tfpipe import bench
+from tfpipe.bench import pipelines as bench
 from tfpipe.data.pipeline import PipelineConfig
 
 TINY = "tfpipe_shapes/tiny"  # 40 images, 2 classes, 48-96 px

@@ -7,7 +7,7 @@ and tfpipe's start-up to its first batch. The classic pipeline is measured twice
 with no parallelism (the baseline of tfpipe's targets; "classic" and
 speedup_cold/speedup_warm in the JSON) and as it runs on TensorFlow's and tfds'
 default parallelism ("classic_tf_defaults"). The comparison itself is
-tfpipe.bench.compare; this tool reads flags and prints.
+tfpipe.bench.pipelines.compare; this tool reads flags and prints.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 
 from absl import flags
 
-from tfpipe import bench
+from tfpipe.bench import pipelines as bench
 from tfpipe.cli import data_flags, errors
 from tfpipe.data import sources, splits
 from tfpipe.errors import TfpipeError

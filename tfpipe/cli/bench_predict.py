@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from tfpipe import bench
+from tfpipe.bench import pipelines as bench
 from tfpipe.cli import errors
 from tfpipe.inference import predict
 
