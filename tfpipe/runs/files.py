@@ -1,6 +1,6 @@
 """The names of what a run writes in its --model_dir, and reading them back.
 
-One home for them: train writes these files, run_state clears them for --overwrite,
+One home for them: train writes these files, runs.state clears them for --overwrite,
 the CLI lists them, and predict and evaluate read them.
 """
 
