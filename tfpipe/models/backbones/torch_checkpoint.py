@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import pickle
 import struct
 
@@ -101,30 +100,30 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     TfpipeError for a file that is not one, that names a global outside the
     allow-list, or whose tensors do not fit in their storages.
     """
-    with open(path, "rb") as file:
-        data = file.read()
-    stream = io.BytesIO(data)
-    try:
-        header = [_StateDictUnpickler(stream).load() for _ in range(3)]
-        if header[0] != _MAGIC_NUMBER or header[1] != _PROTOCOL_VERSION:
-            raise TfpipeError(f"{path} is not a PyTorch file in the legacy format (magic {header[0]!r:.40})")
-        if not header[2].get("little_endian", False):
-            raise TfpipeError(f"{path} was written on a big-endian machine; tfpipe reads little-endian files")
-        state = _StateDictUnpickler(stream).load()
-        keys = _StateDictUnpickler(stream).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as error:
-        raise TfpipeError(f"{path} is not a readable PyTorch state dict: {error}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, _TensorView) for v in state.values()):
-        raise TfpipeError(f"{path} holds no state dict of tensors")
-    storages = _read_storages(stream, keys, _storage_types(state), path)
-    return {name: _materialize(view, storages[view.storage_key], name, path) for name, view in state.items()}
+    with open(path, "rb") as stream:
+        try:
+            header = [_StateDictUnpickler(stream).load() for _ in range(3)]
+            if header[0] != _MAGIC_NUMBER or header[1] != _PROTOCOL_VERSION:
+                raise TfpipeError(f"{path} is not a PyTorch file in the legacy format (magic {header[0]!r:.40})")
+            if not header[2].get("little_endian", False):
+                raise TfpipeError(f"{path} was written on a big-endian machine; tfpipe reads little-endian files")
+            state = _StateDictUnpickler(stream).load()
+            keys = _StateDictUnpickler(stream).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as error:
+            raise TfpipeError(f"{path} is not a readable PyTorch state dict: {error}") from None
+        if not isinstance(state, dict) or not all(isinstance(v, _TensorView) for v in state.values()):
+            raise TfpipeError(f"{path} holds no state dict of tensors")
+        types = {view.storage_key: view.storage_type for view in state.values()}
+        storages = _read_storages(stream, keys, types, path)
+    tensors = {}
+    for name, view in state.items():
+        if view.storage_key not in storages:
+            raise TfpipeError(f"{path}: tensor {name} names storage {view.storage_key}, which the file does not hold")
+        tensors[name] = _materialize(view, storages[view.storage_key], name, path)
+    return tensors
 
 
-def _storage_types(state) -> dict[str, _StorageType]:
-    return {view.storage_key: view.storage_type for view in state.values()}
-
-
-def _read_storages(stream: io.BytesIO, keys, types: dict[str, _StorageType], path: str) -> dict[str, np.ndarray]:
+def _read_storages(stream, keys, types: dict[str, _StorageType], path: str) -> dict[str, np.ndarray]:
     storages = {}
     for key in keys:
         key = str(key)
@@ -144,10 +143,12 @@ def _read_storages(stream: io.BytesIO, keys, types: dict[str, _StorageType], pat
 def _materialize(view: _TensorView, storage: np.ndarray, name: str, path: str) -> np.ndarray:
     if any(n < 0 for n in view.size + view.stride) or view.offset < 0:
         raise TfpipeError(f"{path}: tensor {name} has a negative size, stride or offset")
-    last = view.offset + sum((n - 1) * s for n, s in zip(view.size, view.stride)) if all(view.size) else view.offset
-    if last >= len(storage) and all(view.size):
-        raise TfpipeError(f"{path}: tensor {name} reaches past the end of its storage")
     native = storage.dtype.newbyteorder("=")
+    if 0 in view.size:  # an empty tensor reads nothing
+        return np.zeros(view.size, native)
+    last = view.offset + sum((n - 1) * s for n, s in zip(view.size, view.stride))
+    if last >= len(storage):
+        raise TfpipeError(f"{path}: tensor {name} reaches past the end of its storage")
     if not view.size:  # a scalar (as_strided would take shape=() as "the storage's shape")
         return np.array(storage[view.offset], dtype=native)
     itemsize = storage.dtype.itemsize
