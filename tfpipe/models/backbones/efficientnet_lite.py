@@ -15,6 +15,7 @@ convention for Lite; the classifier does that in the model (registry.py).
 
 from __future__ import annotations
 
+import dataclasses
 import string
 
 import keras
@@ -47,10 +48,8 @@ def EfficientNetLite0(
     the path of a Keras weights file of this same model."""
     inputs = keras.Input(shape=input_shape, name="input_layer")
     x = _conv_bn_relu6(inputs, STEM_FILTERS, 3, 2, "stem")
-    for stage, (expansion, kernel, stride, filters, repeats) in enumerate(STAGES, start=1):
-        for repeat in range(repeats):
-            name = f"block{stage}{string.ascii_lowercase[repeat]}_"
-            x = _inverted_residual(x, expansion, kernel, stride if repeat == 0 else 1, filters, name)
+    for block in _blocks():
+        x = _inverted_residual(x, block.expansion, block.kernel, block.stride, block.filters, block.name)
     x = _conv_bn_relu6(x, TOP_FILTERS, 1, 1, "top")
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -61,6 +60,26 @@ def EfficientNetLite0(
     elif weights is not None:
         model.load_weights(weights)
     return model
+
+
+@dataclasses.dataclass(frozen=True)
+class _Block:
+    index: int  # in the checkpoint: _blocks.{index}
+    name: str  # the Keras layers' prefix, keras.applications style: block2a_
+    expansion: int
+    kernel: int
+    stride: int
+    filters: int
+
+
+def _blocks():
+    """The inverted-residual blocks in order, named once for the network and the weight map."""
+    index = 0
+    for stage, (expansion, kernel, stride, filters, repeats) in enumerate(STAGES, start=1):
+        for repeat in range(repeats):
+            name = f"block{stage}{string.ascii_lowercase[repeat]}_"
+            yield _Block(index, name, expansion, kernel, stride if repeat == 0 else 1, filters)
+            index += 1
 
 
 def _conv_bn_relu6(x, filters, kernel, stride, prefix):
@@ -138,22 +157,19 @@ def keras_variables_by_tensor(model: keras.Model):
     """(Keras layer name, [(tensor name, converter) for each of the layer's weights, in order])
     for every layer of the model that has weights."""
     pairs = [("stem_conv", [("_conv_stem.weight", _conv_kernel)]), ("stem_bn", _batch_norm("_bn0"))]
-    block = 0
-    for stage, (expansion, _, _, _, repeats) in enumerate(STAGES, start=1):
-        for repeat in range(repeats):
-            name, torch = f"block{stage}{string.ascii_lowercase[repeat]}_", f"_blocks.{block}."
-            if expansion != 1:
-                pairs += [
-                    (f"{name}expand_conv", [(f"{torch}_expand_conv.weight", _conv_kernel)]),
-                    (f"{name}expand_bn", _batch_norm(f"{torch}_bn0")),
-                ]
+    for block in _blocks():
+        name, torch = block.name, f"_blocks.{block.index}."
+        if block.expansion != 1:
             pairs += [
-                (f"{name}dwconv", [(f"{torch}_depthwise_conv.weight", _depthwise_kernel)]),
-                (f"{name}bn", _batch_norm(f"{torch}_bn1")),
-                (f"{name}project_conv", [(f"{torch}_project_conv.weight", _conv_kernel)]),
-                (f"{name}project_bn", _batch_norm(f"{torch}_bn2")),
+                (f"{name}expand_conv", [(f"{torch}_expand_conv.weight", _conv_kernel)]),
+                (f"{name}expand_bn", _batch_norm(f"{torch}_bn0")),
             ]
-            block += 1
+        pairs += [
+            (f"{name}dwconv", [(f"{torch}_depthwise_conv.weight", _depthwise_kernel)]),
+            (f"{name}bn", _batch_norm(f"{torch}_bn1")),
+            (f"{name}project_conv", [(f"{torch}_project_conv.weight", _conv_kernel)]),
+            (f"{name}project_bn", _batch_norm(f"{torch}_bn2")),
+        ]
     pairs += [("top_conv", [("_conv_head.weight", _conv_kernel)]), ("top_bn", _batch_norm("_bn1"))]
     if any(layer.name == "predictions" for layer in model.layers):
         pairs.append(("predictions", [("_fc.weight", _dense_kernel), ("_fc.bias", _identity)]))
