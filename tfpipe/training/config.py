@@ -23,6 +23,17 @@ from tfpipe.training import distribute
 SPLIT_FLAGS = {"train": "train_split", "validation": "val_split", "test": "test_split"}
 
 
+def check_train_split_fills_a_batch(metadata: sources.DatasetMetadata, train_split: str, batch_size: int) -> None:
+    """TfpipeError, before any training, when the training split has fewer examples than one batch
+    (drop_remainder would leave an epoch empty); train and pretrain share it."""
+    examples = metadata.num_examples["train"]
+    if examples < batch_size:
+        raise TfpipeError(
+            f"--train_split={train_split!r} has {examples} examples, fewer than one batch "
+            f"(--batch_size={batch_size}); lower --batch_size or widen the split"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model_dir: str

@@ -32,7 +32,7 @@ from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import RESULTS
 from tfpipe.runs.state import RunDirectory
 from tfpipe.training import callbacks
-from tfpipe.training.config import SPLIT_FLAGS
+from tfpipe.training.config import SPLIT_FLAGS, check_train_split_fills_a_batch
 
 PHASE = "pretrain"
 BASE_WEIGHTS = "base.weights.h5"
@@ -134,12 +134,7 @@ def _open_data(config: PretrainConfig, dataset: sources.DatasetSpec):
     source = sources.open_source(dataset, config.data_dir)
     metadata = sources.describe(source, flags=SPLIT_FLAGS, train=config.train_split, validation=config.val_split)
     model_lib.check_num_classes(metadata.num_classes, source.name)
-    batch = config.pipeline.batch_size
-    if metadata.num_examples["train"] < batch:
-        raise TfpipeError(
-            f"--train_split={config.train_split!r} has {metadata.num_examples['train']} examples, fewer than one "
-            f"batch (--batch_size={batch}); lower --batch_size or widen the split"
-        )
+    check_train_split_fills_a_batch(metadata, config.train_split, config.pipeline.batch_size)
     return source, metadata
 
 

@@ -35,7 +35,7 @@ from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
 from tfpipe.runs.state import RunDirectory
 from tfpipe.training import callbacks, distribute, features, finetune
-from tfpipe.training.config import SPLIT_FLAGS, TrainConfig
+from tfpipe.training.config import SPLIT_FLAGS, TrainConfig, check_train_split_fills_a_batch
 
 __all__ = ["TrainConfig", "train"]
 
@@ -189,12 +189,7 @@ class _RunData:
             test=config.test_split,
         )
         model_lib.check_num_classes(metadata.num_classes, source.name)
-        batch_size = config.pipeline.batch_size
-        if metadata.num_examples["train"] < batch_size:
-            raise TfpipeError(
-                f"--train_split={config.train_split!r} has {metadata.num_examples['train']} examples, fewer "
-                f"than one batch (--batch_size={batch_size}); lower --batch_size or widen the split"
-            )
+        check_train_split_fills_a_batch(metadata, config.train_split, config.pipeline.batch_size)
         augmentation = None
         if config.augment_on == "pipeline":
             augmentation = augment.build(augment.parse(config.augment), seed=config.pipeline.seed, dtype="float32")
