@@ -1,13 +1,12 @@
-"""Pretraining a base from scratch on formula-drawn images, for offline transfer learning.
+"""Pretraining a base from scratch (formula-drawn images by default), for a domain far from ImageNet.
 
     pretrain(PretrainConfig(model_dir="runs/fractal"))   # -> runs/fractal/base.weights.h5
 
 The base (MobileNetV2 by default) learns to tell tfpipe_fractals' IFS classes
 apart, through tfpipe's own pipeline and classifier; what it keeps is its
 feature extractor, written as a no-top weights file that `train --weights=PATH`
-loads (and that tfpipe ships, see tfpipe.pretrained). Unlike fine-tuning, the
-whole base trains and its BatchNorm statistics follow the data, so every weight
-is checkpointed; the run resumes after its last completed epoch like train().
+loads. Unlike fine-tuning, the whole base trains and its BatchNorm statistics
+follow the data, so every weight is checkpointed; the run resumes after its last completed epoch like train().
 The learning rate follows a cosine decay over the planned steps (the usual
 from-scratch schedule: large steps first, small ones to settle), and the
 optimizer's step count, checkpointed with it, keeps a resumed run on the curve.

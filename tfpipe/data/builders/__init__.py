@@ -4,7 +4,7 @@ from tfpipe.data.builders.fractals import TfpipeFractals
 from tfpipe.data.builders.shapes import TfpipeShapes
 
 EMBEDDED_DATASET = TfpipeShapes.name  # "tfpipe_shapes": the default, the downstream task
-PRETRAINING_DATASET = TfpipeFractals.name  # "tfpipe_fractals": what the shipped base learned from
+PRETRAINING_DATASET = TfpipeFractals.name  # "tfpipe_fractals": bin/pretrain's default dataset
 # Drawn on the machine that prepares them: no download, no network check.
 LOCAL_DATASETS = (EMBEDDED_DATASET, PRETRAINING_DATASET)
 

@@ -39,7 +39,7 @@ class TfpipeFractals(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         FractalsConfig(
             name="pretrain",
-            description="100 classes x 300 images of 64 px: the shipped base's pretraining, about an hour on 2 cores.",
+            description="100 classes x 300 images of 64 px: bin/pretrain's default, about an hour on 2 cores.",
         ),
         FractalsConfig(
             name="small",
