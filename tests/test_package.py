@@ -10,12 +10,13 @@ import tfpipe
 PACKAGE = os.path.dirname(tfpipe.__file__)
 # subpackage -> the tfpipe subpackages it must never import
 FORBIDDEN = {
-    "data": {"models", "training", "runs", "inference", "bench", "cli"},
-    "models": {"data", "training", "runs", "inference", "bench", "cli"},
-    "runs": {"data", "models", "training", "inference", "bench", "cli"},
-    "inference": {"training", "bench", "cli"},
-    "bench": {"training", "runs", "cli"},
-    "training": {"bench", "cli"},
+    "data": {"models", "training", "runs", "inference", "bench", "export", "cli"},
+    "models": {"data", "training", "runs", "inference", "bench", "export", "cli"},
+    "runs": {"data", "models", "training", "inference", "bench", "export", "cli"},
+    "inference": {"training", "bench", "export", "cli"},
+    "export": {"training", "bench", "cli"},
+    "bench": {"training", "runs", "export", "cli"},
+    "training": {"bench", "export", "cli"},
 }
 
 
@@ -37,7 +38,8 @@ def _modules(folder):
 
 
 def test_public_names_come_from_tfpipe_itself():
-    from tfpipe import TrainConfig, evaluate_run, load_run, predict, train
+    from tfpipe import ExportConfig, TrainConfig, evaluate_run, export_run, load_run, predict, train
+    from tfpipe.export import exporter
     from tfpipe.inference import evaluation
     from tfpipe.inference import predict as predict_module
     from tfpipe.training import config
@@ -46,6 +48,7 @@ def test_public_names_come_from_tfpipe_itself():
     assert train is train_module.train and TrainConfig is config.TrainConfig
     assert predict is predict_module.predict and load_run is predict_module.load
     assert evaluate_run is evaluation.evaluate_run
+    assert export_run is exporter.export_run and ExportConfig is exporter.ExportConfig
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         tfpipe.nothing_here  # noqa: B018
 

@@ -6,6 +6,7 @@ pipeline that is never the bottleneck.
     trained = tfpipe.load_run("runs/demo")                 # best.keras, class names, image size
     rows = tfpipe.predict(trained, ["photo.jpg"])          # top classes per image
     report, folder = tfpipe.evaluate_run("runs/demo")      # the test split's evaluation report
+    record = tfpipe.export_run(tfpipe.ExportConfig("runs/demo", quantize="int8"))  # a .tflite file
 
 The package, by role (each subpackage's docstring says what it owns and may import):
 
@@ -15,14 +16,16 @@ The package, by role (each subpackage's docstring says what it owns and may impo
     training/   train() and TrainConfig, the two-phase schedule, fast feature extraction,
                 callbacks, tf.distribute, pretraining
     runs/       the run directory: file names, checkpoints and resume, the lock
-    inference/  predictions on image files, the evaluation report, the pictures
-    bench/      measuring the input pipeline
+    inference/  predictions on image files, the evaluation report, the pictures; running an
+                exported model (LiteRT, ONNX, SavedModel)
+    export/     a run's model as a LiteRT, ONNX or SavedModel file, quantized, with its record
+    bench/      measuring the input pipeline and prediction speed
     cli/        the command-line tools: the only place that defines and reads absl flags
     errors, paths, atomic: what every layer may use (the one error type, writable
                 folders, writes that a kill cannot tear)
 
-Dependencies point one way: cli -> training -> inference -> runs, models, data -> errors,
-paths, atomic; data/ and models/ know nothing of runs.
+Dependencies point one way: cli -> training, export -> inference -> runs, models, data ->
+errors, paths, atomic; data/ and models/ know nothing of runs.
 
 Importing tfpipe registers its Keras layers and model class, so models it saved load
 with keras.models.load_model. The public names below load on first use.
@@ -44,6 +47,8 @@ _PUBLIC = {
     "TrainedModel": ("tfpipe.inference.predict", "TrainedModel"),
     "predict": ("tfpipe.inference.predict", "predict"),
     "evaluate_run": ("tfpipe.inference.evaluation", "evaluate_run"),
+    "export_run": ("tfpipe.export.exporter", "export_run"),
+    "ExportConfig": ("tfpipe.export.exporter", "ExportConfig"),
     "TfpipeError": ("tfpipe.errors", "TfpipeError"),
 }
 __all__ = sorted(_PUBLIC)

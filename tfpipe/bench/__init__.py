@@ -1,6 +1,8 @@
-"""Measuring: the input pipeline against the tutorial's, epoch by epoch, and memory.
+"""Measuring: the input pipeline against the tutorial's, epoch by epoch, and memory; how fast
+a model predicts.
 
     pipelines   bench_input's comparison (cold and warm epochs, start-up, peak RSS, reshuffling)
+    prediction  bench_predict's throughput and latency, for a Keras or an exported model
 
-Imports: data/; never training/ or runs/.
+Imports: data/, inference/; never training/ or runs/.
 """

@@ -7,7 +7,8 @@ Reads the run's dataset and splits from its checkpoint, evaluates the best model
 (or --model) and writes MODEL_DIR/evaluation/: report.json (accuracy, loss,
 per-class precision, recall, F1 and support, averages, confusion matrix, top-5
 accuracy above 5 classes, ROC AUC for 2), confusion_matrix.png and mistakes.png.
-A split other than the run's test split goes to evaluation/<split>/.
+A split other than the run's test split goes to evaluation/<split>/; an exported
+model's report (--model=RUN/exported/best_int8.tflite) to evaluation/<its file name>/.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model_dir", None, "The --model_dir a train run wrote.")
 flags.DEFINE_string("split", None, "Split to evaluate, in tfds slicing syntax; default: the run's test split.")
-flags.DEFINE_string("model", predict.DEFAULT_MODEL, "best, final, or a path to a .keras file.")
+flags.DEFINE_string("model", predict.DEFAULT_MODEL, predict.MODEL_HELP + ".")
 flags.DEFINE_string("data_dir", None, "Where tfds datasets are prepared and read, as given to train.")
 
 

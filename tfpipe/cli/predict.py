@@ -2,6 +2,7 @@
 
     predict --model_dir=runs/default photo.jpg holiday/ 'more/**/*.png'
     predict --model_dir=runs/default --top_k=3 --output=predictions.csv holiday/
+    predict --model=runs/default/exported/best_int8.tflite photo.jpg    # an exported model
 
 Class names and image size come from the run (results.json and the model), so no
 training flag is repeated. Prints a table, or writes CSV or JSON by --output's
@@ -17,12 +18,12 @@ from absl import flags
 
 from tfpipe.cli import errors
 from tfpipe.errors import TfpipeError
-from tfpipe.inference import predict
+from tfpipe.inference import predict, runtimes
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model_dir", None, "The --model_dir a train run wrote.")
-flags.DEFINE_string("model", predict.DEFAULT_MODEL, "best, final, or a path to a .keras file.")
+flags.DEFINE_string("model", predict.DEFAULT_MODEL, predict.MODEL_HELP + " (which needs no --model_dir).")
 flags.DEFINE_integer("top_k", predict.DEFAULT_TOP_K, "How many classes to list per image, most probable first.")
 flags.DEFINE_string("output", None, "Write the rows to FILE.csv or FILE.json instead of printing a table.")
 flags.DEFINE_integer("batch_size", predict.DEFAULT_BATCH_SIZE, "Images per batch.")
@@ -40,8 +41,8 @@ def main(argv):
 
 
 def run(inputs: list[str]) -> list[predict.Prediction]:
-    if not FLAGS.model_dir:
-        raise TfpipeError("--model_dir is required: the directory a train run wrote")
+    if not FLAGS.model_dir and not runtimes.format_of(FLAGS.model):
+        raise TfpipeError("--model_dir is required: the directory a train run wrote (or --model=an exported model)")
     if FLAGS.top_k < 1:
         raise TfpipeError(f"--top_k={FLAGS.top_k} must be at least 1")
     if FLAGS.batch_size < 1:

@@ -136,8 +136,9 @@ def write(model_dir: str, result: dict, mistakes: list, subfolder: str | None = 
 def evaluate_run(model_dir: str, split: str | None = None, which: str | None = None, data_dir: str | None = None):
     """Evaluates a finished run on `split` (default: its test split) of the dataset it was
     trained on; returns (report, the folder it was written to). The run's test split
-    goes to evaluation/, any other split to evaluation/<split>/."""
-    from tfpipe.data import csv_labels, pipeline, sources
+    goes to evaluation/, any other split to evaluation/<split>/; an exported model's
+    (`which` a .tflite, .onnx or SavedModel path) to evaluation/<its file name>/[<split>/]."""
+    from tfpipe.data import pipeline
     from tfpipe.inference import predict
     from tfpipe.runs.files import read_run_settings
 
@@ -146,8 +147,7 @@ def evaluate_run(model_dir: str, split: str | None = None, which: str | None = N
     split = split or settings.get("test_split")
     if not split:
         raise TfpipeError(f"the run in {model_dir} has no test split; give --split, e.g. --split='train[90%:]'")
-    source = sources.open_source(settings["dataset"], data_dir, csv_labels.CsvOptions(**settings.get("csv", {})))
-    sources.describe(source, flags={"evaluated": "split"}, evaluated=split)
+    source, _ = run_source(settings, data_dir, {"evaluated": "split"}, evaluated=split)
     if tuple(source.class_names) != trained.class_names:
         raise TfpipeError(
             f"{settings['dataset']} in --data_dir={data_dir} has classes {list(source.class_names)}, "
@@ -158,8 +158,20 @@ def evaluate_run(model_dir: str, split: str | None = None, which: str | None = N
         source, split, pipeline.PipelineConfig(image_size=trained.image_size, batch_size=batch_size), training=False
     )
     result, mistakes = evaluate(trained, batches.as_numpy_iterator(), split)
-    subfolder = None if split == settings.get("test_split") else _folder_name(split)
-    return result, write(model_dir, result, mistakes, subfolder)
+    result["model"], result["runtime"] = trained.path, trained.runtime
+    parts = [] if trained.runtime == "keras" else [_folder_name(os.path.basename(trained.path.rstrip(os.sep)))]
+    parts += [] if split == settings.get("test_split") else [_folder_name(split)]
+    return result, write(model_dir, result, mistakes, os.path.join(*parts) if parts else None)
+
+
+def run_source(settings: dict, data_dir: str | None, flags: dict, **splits: str):
+    """(source, metadata): the dataset a run was trained on (its checkpoint's settings),
+    opened from `data_dir`, and the examples in each of `splits` (role -> split), each
+    checked to hold some; `flags` names the setting of each role for the errors."""
+    from tfpipe.data import csv_labels, sources
+
+    source = sources.open_source(settings["dataset"], data_dir, csv_labels.CsvOptions(**settings.get("csv", {})))
+    return source, sources.describe(source, flags=flags, **splits)
 
 
 def _folder_name(split: str) -> str:

@@ -2,7 +2,9 @@
 
 The run directory knows everything a prediction needs: the model (best.keras or
 final.keras), its class names (results.json) and its image size (the model's input).
-So a user names the run and the images, and never repeats a training flag.
+So a user names the run and the images, and never repeats a training flag. A model
+that export_model wrote (.tflite, .onnx, a SavedModel folder) runs with its own
+runtime (inference.runtimes) and needs no run: its record holds the class names.
 
 Images go through the training pipeline's own decode and resize, in parallel,
 batched and prefetched, so predictions see exactly what training saw. A file that
@@ -20,16 +22,19 @@ import glob
 import json
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from tfpipe.data import file_index, folder, pipeline
 from tfpipe.errors import TfpipeError
+from tfpipe.inference import runtimes
 from tfpipe.runs import files as run_files
 
-MODEL_CHOICES = tuple(run_files.MODEL_FILES)  # best, final; or a path to a .keras file
+MODEL_CHOICES = tuple(run_files.MODEL_FILES)  # best, final; or a path to a .keras or exported file
 DEFAULT_MODEL = MODEL_CHOICES[0]
+MODEL_HELP = "best, final, a path to a .keras file, or a .tflite, .onnx or SavedModel folder that export_model wrote"
 DEFAULT_TOP_K = 3  # classes listed per image
 DEFAULT_BATCH_SIZE = 32
 FORMATS = (".csv", ".json")
@@ -37,17 +42,30 @@ FORMATS = (".csv", ".json")
 
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
-    model: tf.keras.Model
+    """A model with what it was trained on. `model` is a keras.Model, or the runner of an
+    exported file (tfpipe.inference.runtimes): anything that maps uint8 images to logits."""
+
+    model: Any
     class_names: tuple[str, ...]
     image_size: int
     path: str
 
+    @property
+    def runtime(self) -> str:
+        """keras, litert, onnx or saved_model."""
+        return getattr(self.model, "runtime", "keras")
+
+    def logits(self, images) -> np.ndarray:
+        return np.asarray(self._forward(images))
+
     def probabilities(self, images) -> np.ndarray:
         """(n, classes) probabilities; a two-class model's single logit gives both."""
-        return probabilities_from_logits(np.asarray(self._forward(images)))
+        return probabilities_from_logits(self.logits(images))
 
     @functools.cached_property
     def _forward(self):
+        if self.runtime != "keras":
+            return self.model
         # Compiled once: an eager call per batch took twice the time. Not predict_on_batch:
         # for a model built under a MirroredStrategy it splits the batch over the replicas
         # and returned twice the rows for a partial batch (TF 2.21, Keras 3).
@@ -63,8 +81,18 @@ def probabilities_from_logits(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def load(model_dir: str, which: str = DEFAULT_MODEL) -> TrainedModel:
-    """The run's model and what it was trained on; every problem is a one-line TfpipeError."""
+def load(model_dir: str | None, which: str = DEFAULT_MODEL) -> TrainedModel:
+    """The run's model (best, final, a .keras file, or a file export_model wrote) and what
+    it was trained on; every problem is a one-line TfpipeError.
+
+    An exported model carries its class names in the record beside it, so it needs no
+    model_dir; given one, the two must agree.
+    """
+    exported = None if which in MODEL_CHOICES else runtimes.format_of(which)
+    if exported:
+        return _load_exported(model_dir, which, exported)
+    if not model_dir:
+        raise TfpipeError("--model_dir is required: the directory a train run wrote")
     import keras
 
     import tfpipe  # noqa: F401  (registers tfpipe's Keras objects for loading)
@@ -78,20 +106,46 @@ def load(model_dir: str, which: str = DEFAULT_MODEL) -> TrainedModel:
     else:
         path = which
         if not os.path.isfile(path):
-            raise TfpipeError(f"--model={which}: no such file; give best, final or a .keras file")
+            raise TfpipeError(
+                f"--model={which}: no such file; give best, final, a .keras file, or a .tflite, .onnx or "
+                "SavedModel folder that export_model wrote"
+            )
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a file that is not a model
         raise TfpipeError(f"--model={which}: {path} is not a Keras model ({_first_line(error)})") from None
-    _check_fits(model, class_names, path)
+    _check_fits(model.input_shape, model.output_shape[-1], class_names, path)
     return TrainedModel(model, class_names, int(model.input_shape[1]), path)
 
 
-def _check_fits(model, class_names, path) -> None:
-    shape = model.input_shape
+def _load_exported(model_dir: str | None, path: str, model_format: str) -> TrainedModel:
+    if not os.path.exists(path):
+        raise TfpipeError(f"--model={path}: no such file; export_model writes them into RUN/{run_files.EXPORTED_DIR}/")
+    record_path = run_files.export_record(path)
+    record = run_files.read_json(record_path) if os.path.isfile(record_path) else {}
+    class_names = tuple(record.get("class_names") or ())
+    if model_dir:
+        run_names = tuple(run_files.read_results(model_dir).get("class_names") or ())
+        if class_names and class_names != run_names:
+            raise TfpipeError(
+                f"{path} was exported from a model of classes {list(class_names)}, but --model_dir={model_dir} "
+                f"was trained on {list(run_names)}; give the run it was exported from"
+            )
+        class_names = run_names
+    if not class_names:
+        raise TfpipeError(
+            f"--model={path}: its record {record_path} (class names) is missing; give --model_dir of the run "
+            "it was exported from, or export it again with export_model"
+        )
+    runner = runtimes.open_model(path, model_format)
+    _check_fits((None, runner.image_size, runner.image_size, 3), runner.outputs, class_names, path)
+    return TrainedModel(runner, class_names, runner.image_size, path)
+
+
+def _check_fits(input_shape, outputs, class_names, path) -> None:
+    shape = input_shape
     if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
         raise TfpipeError(f"{path} takes inputs of shape {shape}; predict needs square RGB images")
-    outputs = model.output_shape[-1]
     expected = 1 if len(class_names) == 2 else len(class_names)
     if outputs != expected:
         raise TfpipeError(

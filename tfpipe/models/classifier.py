@@ -227,6 +227,24 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer(POOLING_LAYER).output, name="features")
 
 
+def inference_graph(model: keras.Model) -> keras.Model:
+    """The classifier as an exported file runs it: the same layers (shared, not copied)
+    from the uint8 image to the logits, without the augmentation layer.
+
+    In inference mode augmentation passes images through, but its random ops stay in
+    the traced graph, where ONNX has no kernel for them (tf2onnx 1.17:
+    StatelessRandomUniformV2, ImageProjectiveTransformV3) and LiteRT would need
+    TensorFlow's own kernels. tfpipe's classifiers are a chain of layers, so the
+    graph is rebuilt by calling each of them in order.
+    """
+    inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name="image")
+    x = inputs
+    for layer in model.layers[1:]:
+        if layer.name != AUGMENTATION_LAYER:
+            x = layer(x)
+    return keras.Model(inputs, x, name=f"{model.name}_inference")
+
+
 def head_of(model: keras.Model) -> TransferClassifier:
     """Pooled features -> logits through the classifier's own Dropout and Dense layers.
 

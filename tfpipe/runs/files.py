@@ -18,6 +18,8 @@ RESULTS = "results.json"
 BEST_MODEL = "best.keras"
 FINAL_MODEL = "final.keras"
 EXPORT_DIR = "export"
+EXPORTED_DIR = "exported"  # export_model's files: LiteRT, ONNX, SavedModel, labels.txt, records
+LABELS = "labels.txt"  # beside each exported model: class i on line i + 1
 TRAINING_CURVES = "training_curves.png"
 TENSORBOARD_DIR = "tensorboard"
 EVALUATION_DIR = "evaluation"
@@ -31,10 +33,16 @@ RUN_OUTPUTS = (
     BEST_MODEL,
     FINAL_MODEL,
     EXPORT_DIR,
+    EXPORTED_DIR,
     TRAINING_CURVES,
     TENSORBOARD_DIR,
     EVALUATION_DIR,
 )
+
+
+def export_record(model_path: str) -> str:
+    """The JSON record export_model writes beside an exported model file or folder."""
+    return model_path.rstrip(os.sep) + ".json"
 
 
 def read_results(model_dir: str) -> dict:
@@ -46,7 +54,7 @@ def read_results(model_dir: str) -> dict:
         raise TfpipeError(
             f"--model_dir={model_dir} has no {RESULTS}: no train run finished there; run train to the end first"
         )
-    return _read_json(path)
+    return read_json(path)
 
 
 def read_run_settings(model_dir: str) -> dict:
@@ -54,10 +62,10 @@ def read_run_settings(model_dir: str) -> dict:
     path = os.path.join(model_dir, CHECKPOINT_DIR, STATE_FILE)
     if not os.path.isfile(path):
         raise TfpipeError(f"--model_dir={model_dir} has no {CHECKPOINT_DIR}/{STATE_FILE}: not a train run")
-    return _read_json(path)["fingerprint"]
+    return read_json(path)["fingerprint"]
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
