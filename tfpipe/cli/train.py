@@ -66,6 +66,12 @@ flags.DEFINE_boolean(
     _DEFAULTS.fast_feature_extraction,
     "With --augment=none, run the frozen base once and train the head on its features.",
 )
+flags.DEFINE_boolean(
+    "cached_fine_tuning",
+    _DEFAULTS.cached_fine_tuning,
+    "With --augment=none, run the layers below --fine_tune_at once and fine-tune the rest on their "
+    "activations (end to end when those would take over a quarter of the memory).",
+)
 flags.DEFINE_enum(
     "strategy",
     _DEFAULTS.strategy,
@@ -109,6 +115,7 @@ def config_from_flags() -> TrainConfig:
         mixed_precision=FLAGS.mixed_precision,
         jit_compile=FLAGS.jit_compile,
         fast_feature_extraction=FLAGS.fast_feature_extraction,
+        cached_fine_tuning=FLAGS.cached_fine_tuning,
         strategy=FLAGS.strategy,
         data_service=FLAGS.data_service,
         data_service_sharding=FLAGS.data_service_sharding,

@@ -63,6 +63,7 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     fast_feature_extraction: bool = True
+    cached_fine_tuning: bool = True  # phase 2 on the frozen bottom's cached activations, when nothing random runs
     strategy: str = "auto"
     data_service: str | None = None  # grpc://HOST:PORT of a tf.data service dispatcher
     data_service_sharding: str = "off"
@@ -129,3 +130,9 @@ class TrainConfig:
     @property
     def uses_fast_feature_extraction(self) -> bool:
         return self.fast_feature_extraction and not augment.parse(self.augment) and self.initial_epochs > 0
+
+    @property
+    def may_cache_fine_tuning(self) -> bool:
+        """Phase 2 may run on cached activations (training.activations): asked for, with no
+        augmentation; whether the boundary and memory allow it is decided with the model."""
+        return self.cached_fine_tuning and not augment.parse(self.augment) and self.fine_tune_epochs > 0

@@ -34,7 +34,7 @@ from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
 from tfpipe.runs.state import RunDirectory
-from tfpipe.training import callbacks, distribute, features, finetune
+from tfpipe.training import activations, callbacks, distribute, features, finetune
 from tfpipe.training.config import SPLIT_FLAGS, TrainConfig, check_train_split_fills_a_batch
 
 __all__ = ["TrainConfig", "train"]
@@ -100,6 +100,7 @@ def train(
             test_scores,
             fitter.clock.snapshot(),
             time.monotonic() - started,
+            cached_boundary=fitter.cached_boundary,
         )
         _write_results(results, run_dir, placement)
         return results
@@ -261,6 +262,7 @@ class _PhaseFitter:
         self.data, self.strategy, self.log = data, strategy, log
         self.clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
         self.last_optimizer = None
+        self.cached_boundary = None  # the boundary phase 2 cached activations at, described
         self._val_ds = data.dataset(config.val_split, training=False)
 
     def fit_all(self, extra_callbacks) -> None:
@@ -283,10 +285,14 @@ class _PhaseFitter:
             else:
                 finetune.unfreeze_from(self.base.model, self.base.fine_tune_index)
             fast = phase.name == finetune.FEATURE_EXTRACTION and config.uses_fast_feature_extraction
+            at = self._cache_boundary() if phase.name == finetune.FINE_TUNE else None
             self.clock.start(phase.name)
             try:
                 if fast:
                     self._fit_head_on_features(phase, first, extra_callbacks)
+                elif at is not None:
+                    self.cached_boundary = at.describe()
+                    self._fit_top_on_activations(phase, first, extra_callbacks, at)
                 else:
                     self._fit_end_to_end(phase, first, extra_callbacks)
             finally:
@@ -300,24 +306,59 @@ class _PhaseFitter:
         self.log("Fast feature extraction: running the frozen base once over the training and validation data")
         # Every worker extracts from all the data, locally; the head's fit distributes the features.
         local = [self.data.local(split) for split in (self.config.train_split, self.config.val_split)]
-        seed = self.config.pipeline.seed
-        batch = self.config.pipeline.batch_size
         (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local)
-
-        def feature_batches(x, y, training):
-            def make(batch_size, shard):
-                return features.feature_datasets(
-                    x, y, batch_size, training=training, seed=seed, balance=self.data.balance, shard=shard
-                )
-
-            examples = self.data.balance.epoch_examples(len(y)) if training else len(y)
-            return distribute.distributed(self.strategy, make, batch, examples=examples, training=training)
-
-        train_features = feature_batches(train_x, train_y, training=True)
-        val_features = feature_batches(val_x, val_y, training=False)
+        train_features = self._array_batches(train_x, train_y, training=True)
+        val_features = self._array_batches(val_x, val_y, training=False)
         with self.strategy.scope():  # Keras gives a model the strategy it is created under
             head = model_lib.head_of(self.classifier)
         self._fit(head, phase, first, train_features, val_features, extra_callbacks)
+
+    def _array_batches(self, x, y, *, training: bool, epoch_offset: int = 0):
+        """Stored features or activations `x` (an array or a tuple of arrays) with labels `y`, batched
+        under the run's strategy as the pipeline batches images (shuffled, balanced when training)."""
+        seed = self.config.pipeline.seed
+        seed = None if seed is None else seed + epoch_offset
+
+        def make(batch_size, shard):
+            return features.feature_datasets(
+                x, y, batch_size, training=training, seed=seed, balance=self.data.balance, shard=shard
+            )
+
+        examples = self.data.balance.epoch_examples(len(y)) if training else len(y)
+        return distribute.distributed(
+            self.strategy, make, self.config.pipeline.batch_size, examples=examples, training=training
+        )
+
+    def _cache_boundary(self) -> activations.Boundary | None:
+        """Where phase 2 caches activations, or None (with a line saying why) to fine-tune end to end."""
+        if not self.config.may_cache_fine_tuning:
+            return None
+        at = activations.boundary(self.base.model, self.base.fine_tune_index)
+        if at is None:
+            return None
+        examples = sum(self.data.source.count(split) for split in (self.config.train_split, self.config.val_split))
+        needed, limit = examples * at.bytes_per_example, activations.memory_limit()
+        if needed > limit:
+            self.log(
+                f"Fine-tuning end to end: the activations at {at.describe()} of {examples} images would take "
+                f"{needed / 2**30:.1f} GiB, over {limit / 2**30:.1f} GiB (a quarter of this machine's memory)"
+            )
+            return None
+        self.log(
+            f"Cached fine-tuning: the frozen layers below {self.config.fine_tune_at} run once over {examples} "
+            f"images; their activations at {at.describe()} take {needed / 2**20:,.0f} MiB"
+        )
+        return at
+
+    def _fit_top_on_activations(self, phase, first, extra_callbacks, at):
+        local = [self.data.local(split) for split in (self.config.train_split, self.config.val_split)]
+        with self.strategy.scope():
+            bottom, top = activations.split_classifier(self.classifier, self.base.model, at)
+        (train_x, train_y), (val_x, val_y) = activations.extract(bottom, local)
+        single = len(at.tensors) == 1
+        train_ds = self._array_batches(train_x[0] if single else train_x, train_y, training=True, epoch_offset=first)
+        val_ds = self._array_batches(val_x[0] if single else val_x, val_y, training=False)
+        self._fit(top, phase, first, train_ds, val_ds, extra_callbacks)
 
     def _fit(self, model, phase, first, train_ds, val_ds, extra_callbacks):
         num_classes = self.data.metadata.num_classes
@@ -400,6 +441,7 @@ def results_record(
     test_scores,
     phase_seconds,
     seconds_this_call,
+    cached_boundary: str | None = None,
 ) -> dict:
     """What results.json holds, from what the run did: no side effects."""
     trained_seconds = sum(phase_seconds.values())
@@ -421,6 +463,7 @@ def results_record(
         },
         "fine_tune_at": base.fine_tune_index,
         "fast_feature_extraction": config.uses_fast_feature_extraction,
+        "cached_fine_tuning": cached_boundary,  # where phase 2 cached activations, or None (end to end)
         "dataset": metadata.name,
         "examples": metadata.num_examples,
         **balance.record(metadata.class_names),
