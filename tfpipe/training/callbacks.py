@@ -66,6 +66,7 @@ class EpochRecorder(keras.callbacks.Callback):
             "val_loss": _float_or_none(logs.get("val_loss")),
             "val_accuracy": _float_or_none(logs.get("val_accuracy")),
             "learning_rate": learning_rate_of(self.model.optimizer),
+            "finished_at": time.time(),  # Unix time: bench_train reads time to accuracy from it
         }
         self.run_dir.save_epoch(record, self.classifier, self.model.optimizer, self.phase, self.clock.snapshot())
 

@@ -1,0 +1,45 @@
+"""bench_train: the tutorial's recipe and tfpipe's, raced to the same validation accuracy."""
+
+import pytest
+from helpers.runs import TINY, read_json
+from helpers.tools import assert_one_line_error, run_tool
+
+
+@pytest.mark.slow
+def test_both_sides_run_and_the_race_is_timed_from_each_launch(tmp_path, data_dir):
+    out = tmp_path / "race.json"
+    result = run_tool(
+        "bench_train",
+        f"--dataset={TINY}",
+        f"--data_dir={data_dir}",
+        "--image_size=32",
+        "--batch_size=8",
+        "--initial_epochs=1",
+        "--fine_tune_epochs=1",
+        "--target=0.25",
+        f"--json={out}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    race = read_json(out)
+    assert race["target_val_accuracy"] == 0.25 and race["target_from"] == "--target"
+    tutorial, tfpipe = race["tutorial"], race["tfpipe"]
+    # The tutorial's fine-tuning fit restarts at history.epoch[-1], so it repeats one epoch number.
+    assert [point["epoch"] for point in tutorial["curve"]] == [1, 1, 2]
+    assert [point["epoch"] for point in tfpipe["curve"]] == [1, 2]
+    for side in (tutorial, tfpipe):
+        seconds = [point["seconds"] for point in side["curve"]]
+        assert 0 < seconds[0] <= seconds[-1] < side["wall_seconds"]
+        reached = [point["seconds"] for point in side["curve"] if point["val_accuracy"] >= 0.25]
+        assert side["seconds_to_target"] == (reached[0] if reached else None)  # the first epoch at the target
+        assert 0 <= side["test_accuracy"] <= 1
+    assert "--augment=none" in tfpipe["flags"] and tfpipe["cached_fine_tuning"].startswith("block6a_bn")
+    if tutorial["seconds_to_target"] and tfpipe["seconds_to_target"]:
+        assert race["speedup_to_target"] == pytest.approx(tutorial["seconds_to_target"] / tfpipe["seconds_to_target"])
+    assert "tfpipe reaches the target" in result.stdout
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_line(data_dir):
+    result = run_tool("bench_train", f"--data_dir={data_dir}", "--target=1.5", timeout=120)
+    assert_one_line_error(result, "bench_train", "--target=1.5 is a validation accuracy")
