@@ -11,7 +11,7 @@ from helpers.runs import TINY_MULTICLASS, read_json, tiny_train_config
 
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
-from tfpipe.training import finetune
+from tfpipe.training import callbacks, finetune
 from tfpipe.training.train import train
 
 
@@ -59,7 +59,17 @@ def test_epochs_are_numbered_1_to_n_across_both_phases(tmp_path, data_dir):
     assert [r["phase"] for r in history] == [finetune.FEATURE_EXTRACTION] * 2 + [finetune.FINE_TUNE] * 3
     assert [r["learning_rate"] for r in history] == pytest.approx([1e-3] * 2 + [1e-4] * 3)
     for record in history:
-        assert set(record) == {"epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+        assert set(record) == {
+            "epoch",
+            "phase",
+            "loss",
+            "accuracy",
+            "val_loss",
+            "val_accuracy",
+            "learning_rate",
+            "finished_at",
+        }
+    assert [r["finished_at"] for r in history] == sorted(r["finished_at"] for r in history)
     # What the base has is test_model's business; here: the record reports both phases' counts.
     counts = results["trainable_variables"]
     assert set(counts) == {"feature_extraction", "fine_tune"} and 0 < counts["feature_extraction"] < counts["fine_tune"]
@@ -87,6 +97,46 @@ def test_resume_after_an_interruption_continues_in_the_right_phase_with_its_opti
     assert any("Restored the fine_tune optimizer state" in m for m in messages)
     # 32 training images in batches of 8: epoch 3 took 4 steps, so epoch 4 ends at 8.
     assert steps.iterations == [8]
+
+
+def test_early_stopping_ends_each_phase_at_a_plateau_and_a_resumed_run_keeps_it(tmp_path, data_dir):
+    """A learning rate of 1e-12 leaves every weight as it was, so val_loss stays flat: with a patience
+    of 1 each phase stops after its second epoch, and fine-tuning continues the count from there."""
+    config = tiny_train_config(
+        tmp_path,
+        data_dir,
+        learning_rate=1e-12,
+        fine_tune_lr_factor=1.0,
+        initial_epochs=4,
+        fine_tune_epochs=4,
+        early_stopping=1,
+        augment="none",
+    )
+    with pytest.raises(Interrupt):
+        train(config, extra_callbacks=(InterruptAfterEpoch(3),), log=lambda _: None)  # in fine-tuning
+    messages = []
+    results = train(config, log=messages.append)  # resumed: phase 1 stays stopped
+    history = _history(config)
+    assert [(r["epoch"], r["phase"]) for r in history] == [
+        (1, finetune.FEATURE_EXTRACTION),
+        (2, finetune.FEATURE_EXTRACTION),
+        (3, finetune.FINE_TUNE),
+        (4, finetune.FINE_TUNE),
+    ]
+    assert results["stopped_early"] == {finetune.FEATURE_EXTRACTION: 2, finetune.FINE_TUNE: 4}
+    assert any(m.startswith("Phase fine_tune stopped at epoch 4: val_loss did not improve for 1") for m in messages)
+    assert not any("Phase feature_extraction:" in m for m in messages)
+
+
+def test_a_plateau_is_counted_as_keras_early_stopping_counts_it():
+    assert callbacks.epochs_without_improvement([0.5, 0.4, 0.4, 0.45]) == 2  # equal is no improvement
+    assert callbacks.epochs_without_improvement([0.5, 0.4, 0.3]) == 0
+    assert callbacks.epochs_without_improvement([]) == 0
+    phases = finetune.schedule(10, 10, 1e-3, 0.1, stopped_early={finetune.FEATURE_EXTRACTION: 4})
+    assert [(p.name, p.first_epoch, p.end_epoch) for p in phases] == [
+        (finetune.FEATURE_EXTRACTION, 0, 10),
+        (finetune.FINE_TUNE, 4, 14),
+    ]
 
 
 def test_resume_at_a_phase_boundary_starts_fine_tuning_with_a_fresh_optimizer(tmp_path, data_dir):

@@ -3,6 +3,7 @@ a model predicts.
 
     pipelines   bench_input's comparison (cold and warm epochs, start-up, peak RSS, reshuffling)
     prediction  bench_predict's throughput and latency, for a Keras or an exported model
+    tutorial    the transfer-learning tutorial's recipe, which bench_train races tfpipe against
 
-Imports: data/, inference/; never training/ or runs/.
+Imports: data/, models/, inference/; never training/ or runs/.
 """

@@ -12,13 +12,12 @@ tfpipe.bench.pipelines.compare; this tool reads flags and prints.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from absl import flags
 
 from tfpipe.bench import pipelines as bench
-from tfpipe.cli import data_flags, errors
+from tfpipe.cli import data_flags, errors, results_file
 from tfpipe.data import sources, splits
 from tfpipe.errors import TfpipeError
 from tfpipe.models import augment
@@ -49,10 +48,7 @@ def main(argv):
     with errors.reported():
         results = run()
     print(format_table(results))
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as out:
-            json.dump(results, out, indent=2)
-        print(f"Wrote {FLAGS.json}")
+    results_file.write(FLAGS.json, results)
 
 
 def run() -> dict:

@@ -17,14 +17,12 @@ timed passes alternate between the two throughput sides.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 from absl import flags
 
 from tfpipe.bench import pipelines as bench
 from tfpipe.bench import prediction
-from tfpipe.cli import errors
+from tfpipe.cli import errors, results_file
 from tfpipe.errors import TfpipeError
 from tfpipe.inference import predict, runtimes
 
@@ -60,7 +58,4 @@ def main(argv):
     print(f"ratio of medians: {results['ratio']:.2f}x")
     latency = results["latency_ms"]
     print(f"latency, one image per call: median {latency['median']:.2f} ms, p90 {latency['p90']:.2f} ms")
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as out:
-            json.dump(results, out, indent=2)
-        print(f"Wrote {FLAGS.json}")
+    results_file.write(FLAGS.json, results)

@@ -29,7 +29,7 @@ import time
 from absl import flags
 
 from tfpipe.bench import pipelines as bench
-from tfpipe.cli import data_flags, errors
+from tfpipe.cli import data_flags, errors, results_file
 from tfpipe.errors import TfpipeError
 
 FLAGS = flags.FLAGS
@@ -57,10 +57,7 @@ def main(argv):
             return
         results = run()
     print(format_table(results))
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as out:
-            json.dump(results, out, indent=2)
-        print(f"Wrote {FLAGS.json}")
+    results_file.write(FLAGS.json, results)
 
 
 def run() -> dict:

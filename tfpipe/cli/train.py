@@ -66,6 +66,11 @@ flags.DEFINE_boolean(
     _DEFAULTS.fast_feature_extraction,
     "With --augment=none, run the frozen base once and train the head on its features.",
 )
+flags.DEFINE_integer(
+    "early_stopping",
+    _DEFAULTS.early_stopping,
+    "Stop a phase after this many epochs without a lower val_loss (Keras' EarlyStopping); 0: off.",
+)
 flags.DEFINE_boolean(
     "cached_fine_tuning",
     _DEFAULTS.cached_fine_tuning,
@@ -109,6 +114,7 @@ def config_from_flags() -> TrainConfig:
         fine_tune_epochs=FLAGS.fine_tune_epochs,
         learning_rate=FLAGS.learning_rate,
         fine_tune_lr_factor=FLAGS.fine_tune_lr_factor,
+        early_stopping=FLAGS.early_stopping,
         class_weight=FLAGS.class_weight,
         balance=FLAGS.balance,
         optimizer=FLAGS.optimizer,

@@ -48,6 +48,7 @@ class RunState:
     wall_seconds: dict = dataclasses.field(default_factory=dict)
     checkpoint_file: str | None = None
     optimizer_phase: str | None = None  # the phase whose optimizer the checkpoint holds
+    stopped_early: dict = dataclasses.field(default_factory=dict)  # phase -> the epoch it stopped at (--early_stopping)
 
 
 class BestWeights:
@@ -188,6 +189,11 @@ class RunDirectory:
         atomic.write_json(self.file(HISTORY), state.history)
         self._remove_stale_files(keep={name, INITIAL_WEIGHTS, STATE_FILE})
         return improved
+
+    def record_early_stop(self, phase: str, epoch: int) -> None:
+        """Notes that `phase` ended at `epoch` on a validation plateau, so a resumed run does not reopen it."""
+        self.state.stopped_early[phase] = epoch
+        atomic.write_json(os.path.join(self.checkpoint_dir, STATE_FILE), dataclasses.asdict(self.state))
 
     def restore_optimizer(self, optimizer, variables, phase: str) -> bool:
         """Loads the optimizer state saved by `phase`; False when there is none to load."""

@@ -4,7 +4,8 @@
     config      TrainConfig, every setting of a run, checked before any work
     finetune    the two-phase schedule, the fine-tune boundary, BatchNorm handling
     features    fast feature extraction: the frozen base run once, the head trained on its output
-    callbacks   per-epoch records and checkpoints, the phase clock, the NaN stop
+    activations cached fine-tuning: the frozen bottom of the base run once, the top trained on its output
+    callbacks   per-epoch records and checkpoints, the phase clock, early stopping, the NaN stop
     distribute  tf.distribute strategies, and datasets in which no replica gets an empty batch
     pretrain    bin/pretrain: a base trained from scratch, written as a no-top weights file
 

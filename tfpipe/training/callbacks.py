@@ -71,6 +71,34 @@ class EpochRecorder(keras.callbacks.Callback):
         self.run_dir.save_epoch(record, self.classifier, self.model.optimizer, self.phase, self.clock.snapshot())
 
 
+def epochs_without_improvement(val_losses) -> int:
+    """Keras' EarlyStopping wait for val_loss (min_delta 0): epochs since the last one whose loss was
+    strictly lower than every earlier one's."""
+    best, wait = math.inf, 0
+    for loss in val_losses:
+        if loss < best:
+            best, wait = loss, 0
+        else:
+            wait += 1
+    return wait
+
+
+class StopAtPlateau(keras.callbacks.Callback):
+    """--early_stopping: Keras' EarlyStopping on val_loss with this patience, one phase at a time, counted
+    from the run's recorded history (not from memory), so a resumed run stops where an uninterrupted one
+    would. The stop is recorded in the run's state; runs after EpochRecorder."""
+
+    def __init__(self, run_dir: RunDirectory, phase: str, patience: int):
+        super().__init__()
+        self.run_dir, self.phase, self.patience = run_dir, phase, patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        records = [r for r in self.run_dir.state.history if r["phase"] == self.phase and r["val_loss"] is not None]
+        if epochs_without_improvement([r["val_loss"] for r in records]) >= self.patience:
+            self.model.stop_training = True
+            self.run_dir.record_early_stop(self.phase, epoch + 1)
+
+
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops training at the first batch whose loss is NaN or infinite."""
 

@@ -57,6 +57,8 @@ class TrainConfig:
     # (100 steps) it left the head short of converging (BUILD_NOTES.md, "Pretrained base").
     learning_rate: float = 1e-3
     fine_tune_lr_factor: float = 0.1
+    # Stop a phase after this many epochs without a lower val_loss (Keras' EarlyStopping); 0: off.
+    early_stopping: int = 0
     class_weight: str = balance.NONE  # balance.CLASS_WEIGHTS
     balance: str = balance.NONE  # balance.BALANCES
     optimizer: str = "rmsprop"
@@ -96,6 +98,8 @@ class TrainConfig:
         for flag in ("initial_epochs", "fine_tune_epochs"):
             if getattr(self, flag) < 0:
                 raise TfpipeError(f"--{flag}={getattr(self, flag)} is negative; give 0 or more epochs")
+        if self.early_stopping < 0:
+            raise TfpipeError(f"--early_stopping={self.early_stopping} is negative; give a patience in epochs, or 0")
         if self.initial_epochs + self.fine_tune_epochs == 0:
             raise TfpipeError("--initial_epochs and --fine_tune_epochs are both 0: there is nothing to train")
         for flag in ("learning_rate", "fine_tune_lr_factor"):

@@ -84,13 +84,25 @@ class Phase:
         return self.end_epoch - self.first_epoch
 
 
-def schedule(initial_epochs: int, fine_tune_epochs: int, learning_rate: float, fine_tune_lr_factor: float):
-    """The phases of a run, skipping empty ones."""
-    phases = [
-        Phase(FEATURE_EXTRACTION, 0, initial_epochs, learning_rate),
-        Phase(FINE_TUNE, initial_epochs, initial_epochs + fine_tune_epochs, learning_rate * fine_tune_lr_factor),
-    ]
-    return [phase for phase in phases if phase.num_epochs > 0]
+def schedule(
+    initial_epochs: int,
+    fine_tune_epochs: int,
+    learning_rate: float,
+    fine_tune_lr_factor: float,
+    stopped_early: dict | None = None,
+):
+    """The phases of a run, skipping empty ones. A phase that stopped early (phase -> the epoch it
+    stopped at, --early_stopping) ends there, and the next one continues the count from it."""
+    stopped_early = stopped_early or {}
+    phases, start = [], 0
+    for name, epochs, rate in (
+        (FEATURE_EXTRACTION, initial_epochs, learning_rate),
+        (FINE_TUNE, fine_tune_epochs, learning_rate * fine_tune_lr_factor),
+    ):
+        if epochs > 0:
+            phases.append(Phase(name, start, start + epochs, rate))
+            start = stopped_early.get(name, start + epochs)
+    return phases
 
 
 def calibrate_batchnorm(classifier: keras.Model, base: keras.Model, batches) -> int:

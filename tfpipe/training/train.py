@@ -271,11 +271,19 @@ class _PhaseFitter:
 
     def _fit_phases(self, extra_callbacks) -> None:
         config = self.config
-        for phase in finetune.schedule(
-            config.initial_epochs, config.fine_tune_epochs, config.learning_rate, config.fine_tune_lr_factor
-        ):
-            first = max(self.run_dir.state.completed_epochs, phase.first_epoch)
-            if first >= phase.end_epoch:
+        stopped = self.run_dir.state.stopped_early
+        for name in (finetune.FEATURE_EXTRACTION, finetune.FINE_TUNE):
+            # Recomputed per phase: a phase that stops early moves the next one's epochs.
+            phases = finetune.schedule(
+                config.initial_epochs,
+                config.fine_tune_epochs,
+                config.learning_rate,
+                config.fine_tune_lr_factor,
+                stopped,
+            )
+            phase = next((p for p in phases if p.name == name), None)
+            first = max(self.run_dir.state.completed_epochs, phase.first_epoch) if phase else 0
+            if phase is None or name in stopped or first >= phase.end_epoch:
                 continue
             self.log(
                 f"Phase {phase.name}: epochs {first + 1}-{phase.end_epoch} at learning rate {phase.learning_rate:g}"
@@ -297,6 +305,11 @@ class _PhaseFitter:
                     self._fit_end_to_end(phase, first, extra_callbacks)
             finally:
                 self.clock.stop()
+            if name in stopped:
+                self.log(
+                    f"Phase {name} stopped at epoch {stopped[name]}: val_loss did not improve for "
+                    f"{config.early_stopping} epochs (--early_stopping={config.early_stopping})"
+                )
 
     def _fit_end_to_end(self, phase, first, extra_callbacks):
         train_ds = self.data.dataset(self.config.train_split, training=True, epoch_offset=first)
@@ -328,6 +341,10 @@ class _PhaseFitter:
         return distribute.distributed(
             self.strategy, make, self.config.pipeline.batch_size, examples=examples, training=training
         )
+
+    def _plateau_stop(self, phase) -> list:
+        patience = self.config.early_stopping
+        return [callbacks.StopAtPlateau(self.run_dir, phase.name, patience)] if patience else []
 
     def _cache_boundary(self) -> activations.Boundary | None:
         """Where phase 2 caches activations, or None (with a line saying why) to fine-tune end to end."""
@@ -382,6 +399,7 @@ class _PhaseFitter:
                     callbacks=[
                         stopper,
                         callbacks.EpochRecorder(self.run_dir, self.classifier, phase.name, self.clock),
+                        *self._plateau_stop(phase),
                         keras.callbacks.TensorBoard(log_dir=self.run_dir.file(TENSORBOARD_DIR)),
                         *extra_callbacks,
                     ],
@@ -464,6 +482,7 @@ def results_record(
         "fine_tune_at": base.fine_tune_index,
         "fast_feature_extraction": config.uses_fast_feature_extraction,
         "cached_fine_tuning": cached_boundary,  # where phase 2 cached activations, or None (end to end)
+        "stopped_early": dict(state.stopped_early),  # phase -> epoch, with --early_stopping
         "dataset": metadata.name,
         "examples": metadata.num_examples,
         **balance.record(metadata.class_names),
