@@ -28,6 +28,7 @@ from helpers.images import coloured_square, write_image  # noqa: E402
 from helpers.runs import TINY, TINY_MULTICLASS, tiny_train_config  # noqa: E402
 
 from tfpipe.data import sources  # noqa: E402
+from tfpipe.models.augment import DEFAULT_AUGMENT  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +47,17 @@ def tiny_source(data_dir):
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, data_dir):
-    """A finished tiny two-class run (one epoch per phase, with a test split): (config, results, log lines)."""
+    """A finished tiny two-class run (one epoch per phase, with a test split, the default augmentation):
+    (config, results, log lines)."""
     from tfpipe.training.train import train
 
-    config = tiny_train_config(tmp_path_factory.mktemp("finished"), data_dir, initial_epochs=1, fine_tune_epochs=1)
+    config = tiny_train_config(
+        tmp_path_factory.mktemp("finished"),
+        data_dir,
+        initial_epochs=1,
+        fine_tune_epochs=1,
+        augment=DEFAULT_AUGMENT,  # end to end, with augmentation in the model, as a default run
+    )
     logged = []
     results = train(config, log=logged.append)
     return config, results, logged

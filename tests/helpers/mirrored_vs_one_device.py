@@ -35,6 +35,7 @@ for name, strategy in (
         augment="none",
         dropout=0.0,
         fast_feature_extraction=False,
+        cached_fine_tuning=False,  # end to end through the whole base, unless a case asks
         initial_epochs=1,
         fine_tune_epochs=1,
         learning_rate=1e-3,

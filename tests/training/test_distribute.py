@@ -20,6 +20,7 @@ from tfpipe.data import pipeline, service
 from tfpipe.data.pipeline import PipelineConfig
 from tfpipe.errors import TfpipeError
 from tfpipe.models import classifier as model_lib
+from tfpipe.models.augment import DEFAULT_AUGMENT
 from tfpipe.models.classifier import TransferClassifier
 from tfpipe.training import distribute
 from tfpipe.training.train import train
@@ -31,8 +32,13 @@ from tfpipe.training.train import train
 # batch unchanged and the next layer fails (BUILD_NOTES.md), so an empty replica batch fails on
 # any x86 CPU, whatever the machine would choose; one short case runs with it off, as on CPUs
 # without AVX512_VNNI, AVX512_BF16 or AMX.
+# Both phases on stored outputs of the frozen layers: fast features, then cached activations.
 _FAST_29 = dict(
-    fast_feature_extraction=True, train_split="train[:29]", val_split="train[29:34]", test_split="train[34:]"
+    fast_feature_extraction=True,
+    cached_fine_tuning=True,
+    train_split="train[:29]",
+    val_split="train[29:34]",
+    test_split="train[34:]",
 )
 UNEVEN_SPLITS = [
     pytest.param(
@@ -270,6 +276,7 @@ def test_a_training_run_takes_its_batches_from_the_service(tmp_path, data_dir, l
         data_dir,
         initial_epochs=1,
         fine_tune_epochs=0,
+        augment=DEFAULT_AUGMENT,  # with none, phase 1 would read its features locally, not from the service
         data_service=local_service,
         data_service_sharding="dynamic",
     )
