@@ -241,7 +241,7 @@ def test_base_frozen_throughout_and_multiclass(tmp_path, data_dir):
         ({"weights": "/no/such/weights.h5"}, "no such file"),
         ({"pipeline": PipelineConfig(image_size=16, batch_size=8)}, "too small for efficientnet_lite0"),
         ({"learning_rate": 0.0}, "--learning_rate=0.0 must be a positive"),
-        ({"jit_compile": True}, "RandomRotation has no XLA kernel"),
+        ({"jit_compile": True, "augment": "flip,rotation=0.2"}, "RandomRotation has no XLA kernel"),
         ({"pipeline": PipelineConfig(image_size=32, batch_size=64)}, "fewer than one batch"),
         ({"val_split": "train[95%:95%]"}, "selects no examples"),
     ],
