@@ -62,12 +62,8 @@ def test_one_step_on_cached_activations_gives_the_weights_of_one_step_end_to_end
 
     model_lib.compile_classifier(end_to_end, 3, keras.optimizers.SGD(0.1))
     end_to_end.train_on_batch(images, labels)
-    bottom, top, pooled = activations.split_classifier(cached, cached_base, activations.boundary(cached_base, index))
+    bottom, top = activations.split_classifier(cached, cached_base, activations.boundary(cached_base, index))
     stored = bottom.predict(images, verbose=0)
-    # Phase 1's features from the stored activations are the frozen classifier's own features.
-    parts = tuple(stored) if isinstance(stored, list) else (stored,)
-    [(features, _)] = activations.features_from(pooled, [(parts, labels)], batch_size=3)
-    np.testing.assert_allclose(features, model_lib.feature_extractor(cached)(images), rtol=1e-5, atol=1e-6)
     model_lib.compile_classifier(top, 3, keras.optimizers.SGD(0.1))
     top.train_on_batch(stored, labels)
 

@@ -73,8 +73,8 @@ def memory_limit() -> int:
 
 
 def split_classifier(classifier: keras.Model, base: keras.Model, at: Boundary):
-    """(bottom, top, pooled): uint8 images -> the boundary's activations, those activations -> logits,
-    and those activations -> the pooled features the head takes; all sharing the classifier's layers."""
+    """(bottom, top): uint8 images -> the boundary's activations, and those activations -> logits,
+    both sharing the classifier's layers."""
     layers = classifier.layers
     base_position = [layer.name for layer in layers].index(model_lib.BASE_LAYER)
     x = classifier.input
@@ -85,31 +85,10 @@ def split_classifier(classifier: keras.Model, base: keras.Model, at: Boundary):
     top_of_base = keras.Model(list(at.tensors), base.output, name="base_top")
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"activations_{i}") for i, t in enumerate(at.tensors)]
     x = model_lib.InferenceModeBase(top_of_base, name="base_top_inference")(inputs if len(inputs) > 1 else inputs[0])
-    pooled = None
     for layer in layers[base_position + 1 :]:  # pooling, dropout, logits
         x = layer(x)
-        if layer.name == model_lib.POOLING_LAYER:
-            pooled = x
     top = model_lib.TransferClassifier(inputs, x, name="top")
-    return bottom, top, keras.Model(inputs, pooled, name="pooled_top")
-
-
-def features_from(pooled: keras.Model, stored, batch_size: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Phase 1's features from stored activations ((activations, labels) per split): the top of the
-    frozen base and the pooling, in inference mode, so the base's bottom runs once for both phases."""
-
-    @tf.function
-    def forward(parts):
-        return tf.cast(pooled(list(parts) if len(parts) > 1 else parts[0], training=False), tf.float32)
-
-    results = []
-    for parts, labels in stored:
-        chunks = [
-            forward(tuple(part[start : start + batch_size] for part in parts)).numpy()
-            for start in range(0, len(labels), batch_size)
-        ]
-        results.append((np.concatenate(chunks), labels))
-    return results
+    return bottom, top
 
 
 def extract(bottom: keras.Model, datasets: list[tf.data.Dataset]) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:

@@ -254,9 +254,6 @@ def _calibrate_random_base(classifier, base: keras.Model, data: _RunData, log) -
     log(f"Weights none: BatchNorm statistics of the random base estimated from {used} training images")
 
 
-_UNDECIDED = object()
-
-
 class _PhaseFitter:
     """Fits the schedule's phases in turn, each from where the run directory left off."""
 
@@ -266,9 +263,6 @@ class _PhaseFitter:
         self.clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
         self.last_optimizer = None
         self.cached_boundary = None  # the boundary phase 2 cached activations at, described
-        self._stored_activations = None  # (activations, labels) per split, from phase 1's pass for phase 2
-        self._boundary = _UNDECIDED
-        self._split_models = None
         self._val_ds = data.dataset(config.val_split, training=False)
 
     def fit_all(self, extra_callbacks) -> None:
@@ -299,7 +293,7 @@ class _PhaseFitter:
             else:
                 finetune.unfreeze_from(self.base.model, self.base.fine_tune_index)
             fast = phase.name == finetune.FEATURE_EXTRACTION and config.uses_fast_feature_extraction
-            at = self._fine_tuning_boundary() if phase.name == finetune.FINE_TUNE else None
+            at = self._cache_boundary() if phase.name == finetune.FINE_TUNE else None
             self.clock.start(phase.name)
             try:
                 if fast:
@@ -325,14 +319,7 @@ class _PhaseFitter:
         self.log("Fast feature extraction: running the frozen base once over the training and validation data")
         # Every worker extracts from all the data, locally; the head's fit distributes the features.
         local = [self.data.local(split) for split in (self.config.train_split, self.config.val_split)]
-        at = self._fine_tuning_boundary()
-        if at is None:
-            (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local)
-        else:
-            # One pass for both phases: phase 2's activations are kept, and the features are the top of
-            # the frozen base run on them.
-            self._stored_activations = activations.extract(self._split(at)[0], local)
-            (train_x, train_y), (val_x, val_y) = activations.features_from(self._split(at)[2], self._stored_activations)
+        (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local)
         train_features = self._array_batches(train_x, train_y, training=True)
         val_features = self._array_batches(val_x, val_y, training=False)
         with self.strategy.scope():  # Keras gives a model the strategy it is created under
@@ -359,20 +346,8 @@ class _PhaseFitter:
         patience = self.config.early_stopping
         return [callbacks.StopAtPlateau(self.run_dir, phase.name, patience)] if patience else []
 
-    def _fine_tuning_boundary(self) -> activations.Boundary | None:
-        """Where phase 2 caches activations, or None to fine-tune end to end; decided (and logged) once."""
-        if self._boundary is _UNDECIDED:
-            self._boundary = self._cache_boundary()
-        return self._boundary
-
-    def _split(self, at):
-        """The classifier split at the boundary (activations.split_classifier), built once."""
-        if self._split_models is None:
-            with self.strategy.scope():
-                self._split_models = activations.split_classifier(self.classifier, self.base.model, at)
-        return self._split_models
-
     def _cache_boundary(self) -> activations.Boundary | None:
+        """Where phase 2 caches activations, or None (with a line saying why) to fine-tune end to end."""
         if not self.config.may_cache_fine_tuning:
             return None
         at = activations.boundary(self.base.model, self.base.fine_tune_index)
@@ -393,12 +368,10 @@ class _PhaseFitter:
         return at
 
     def _fit_top_on_activations(self, phase, first, extra_callbacks, at):
-        bottom, top, _ = self._split(at)
-        if self._stored_activations is None:  # phase 1 did not run in this process (a resumed run)
-            local = [self.data.local(split) for split in (self.config.train_split, self.config.val_split)]
-            self._stored_activations = activations.extract(bottom, local)
-        (train_x, train_y), (val_x, val_y) = self._stored_activations
-        self._stored_activations = None  # the datasets below hold what they need
+        local = [self.data.local(split) for split in (self.config.train_split, self.config.val_split)]
+        with self.strategy.scope():
+            bottom, top = activations.split_classifier(self.classifier, self.base.model, at)
+        (train_x, train_y), (val_x, val_y) = activations.extract(bottom, local)
         single = len(at.tensors) == 1
         train_ds = self._array_batches(train_x[0] if single else train_x, train_y, training=True, epoch_offset=first)
         val_ds = self._array_batches(val_x[0] if single else val_x, val_y, training=False)
