@@ -24,7 +24,7 @@ from tfpipe.bench import pipelines as bench
 from tfpipe.bench import prediction
 from tfpipe.cli import errors, results_file
 from tfpipe.errors import TfpipeError
-from tfpipe.inference import predict, runtimes
+from tfpipe.inference import predict
 
 FLAGS = flags.FLAGS
 
@@ -40,8 +40,6 @@ flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 def main(argv):
     del argv
     with errors.reported():
-        if not FLAGS.model_dir and not runtimes.format_of(FLAGS.model):
-            raise TfpipeError("--model_dir is required: the directory a train run wrote (or --model=an exported model)")
         if FLAGS.latency_images < 1 or FLAGS.repeats < 1:
             raise TfpipeError("--latency_images and --repeats must be at least 1")
         trained = predict.load(FLAGS.model_dir, FLAGS.model)

@@ -18,7 +18,7 @@ from absl import flags
 
 from tfpipe.cli import errors
 from tfpipe.errors import TfpipeError
-from tfpipe.inference import predict, runtimes
+from tfpipe.inference import predict
 
 FLAGS = flags.FLAGS
 
@@ -41,8 +41,7 @@ def main(argv):
 
 
 def run(inputs: list[str]) -> list[predict.Prediction]:
-    if not FLAGS.model_dir and not runtimes.format_of(FLAGS.model):
-        raise TfpipeError("--model_dir is required: the directory a train run wrote (or --model=an exported model)")
+    predict.check_model_named(FLAGS.model_dir, FLAGS.model)
     if FLAGS.top_k < 1:
         raise TfpipeError(f"--top_k={FLAGS.top_k} must be at least 1")
     if FLAGS.batch_size < 1:

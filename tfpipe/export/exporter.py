@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import importlib.util
 import os
 
 import numpy as np
@@ -26,6 +25,8 @@ from tfpipe import atomic
 from tfpipe.errors import TfpipeError
 from tfpipe.export import formats
 from tfpipe.inference import evaluation, predict, runtimes
+from tfpipe.models.weights import sha256_of
+from tfpipe.paths import ensure_writable_dir
 from tfpipe.runs import files as run_files
 
 DEFAULT_REPRESENTATIVE_IMAGES = 300
@@ -75,7 +76,6 @@ def export_run(config: ExportConfig, command: str | None = None, log=print) -> d
     from tfpipe.models import classifier
 
     log(f"Exporting {trained.path} as {config.format}, quantization {config.quantize}, to {path}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic.replacing(path, what=f"the {config.format} export") as temporary:
         formats.write(
             classifier.inference_graph(trained.model), temporary, config.format, config.quantize, representative
@@ -129,12 +129,7 @@ def _check_output(path: str, model_format: str, overwrite: bool) -> None:
         raise TfpipeError(f"--output={path}: a SavedModel is a folder; give a folder path without that extension")
     if os.path.lexists(path) and not overwrite:
         raise TfpipeError(f"--output={path} exists; pass --overwrite to replace it, or give another --output")
-    folder = os.path.dirname(os.path.abspath(path))
-    parent = folder
-    while not os.path.isdir(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise TfpipeError(f"--output={path}: cannot write into {parent}; give a path in a writable folder")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(path)), flag="output")
 
 
 def _images(source, split: str, image_size: int, count: int):
@@ -156,8 +151,7 @@ def _images(source, split: str, image_size: int, count: int):
 def _check_against_keras(trained, path, model_format, source, split) -> dict:
     """The exported file and the Keras model on the first validation images: how often their
     top class agrees and the largest logit difference. Skipped (None) without the runtime."""
-    package = runtimes.RUNTIME_PACKAGES.get(model_format)
-    if package is not None and importlib.util.find_spec(package[0]) is None:
+    if not runtimes.runtime_installed(model_format):
         return None
     images = np.stack(list(_images(source, split, trained.image_size, CHECK_IMAGES)()))
     exported = runtimes.open_model(path, model_format)
@@ -195,12 +189,8 @@ def _size(path: str) -> int:
 
 
 def _sha256(path: str) -> str:
-    """Of the file, or of a folder's files in order of their relative paths."""
-    digest = hashlib.sha256()
-    for name in _files(path):
-        if name != path:
-            digest.update(os.path.relpath(name, path).encode())
-        with open(name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    """Of the file, or of a folder's files: their relative paths and sha256s, in path order."""
+    if os.path.isfile(path):
+        return sha256_of(path)
+    listing = "".join(f"{os.path.relpath(name, path)} {sha256_of(name)}\n" for name in _files(path))
+    return hashlib.sha256(listing.encode()).hexdigest()

@@ -88,11 +88,10 @@ def load(model_dir: str | None, which: str = DEFAULT_MODEL) -> TrainedModel:
     An exported model carries its class names in the record beside it, so it needs no
     model_dir; given one, the two must agree.
     """
+    check_model_named(model_dir, which)
     exported = None if which in MODEL_CHOICES else runtimes.format_of(which)
     if exported:
         return _load_exported(model_dir, which, exported)
-    if not model_dir:
-        raise TfpipeError("--model_dir is required: the directory a train run wrote")
     import keras
 
     import tfpipe  # noqa: F401  (registers tfpipe's Keras objects for loading)
@@ -116,6 +115,12 @@ def load(model_dir: str | None, which: str = DEFAULT_MODEL) -> TrainedModel:
         raise TfpipeError(f"--model={which}: {path} is not a Keras model ({_first_line(error)})") from None
     _check_fits(model.input_shape, model.output_shape[-1], class_names, path)
     return TrainedModel(model, class_names, int(model.input_shape[1]), path)
+
+
+def check_model_named(model_dir: str | None, which: str) -> None:
+    """A model needs its run, unless `which` is a file export_model wrote: TfpipeError otherwise."""
+    if not model_dir and not runtimes.format_of(which):
+        raise TfpipeError("--model_dir is required: the directory a train run wrote (or --model=an exported model)")
 
 
 def _load_exported(model_dir: str | None, path: str, model_format: str) -> TrainedModel:

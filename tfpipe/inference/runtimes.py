@@ -36,6 +36,12 @@ def format_of(path: str) -> str | None:
     return None
 
 
+def runtime_installed(model_format: str) -> bool:
+    """Whether the package that runs `model_format` can be imported (TensorFlow runs a SavedModel)."""
+    module, _ = RUNTIME_PACKAGES.get(model_format, ("tensorflow", "tensorflow"))
+    return importlib.util.find_spec(module) is not None
+
+
 def require_package(module: str, package: str, needed_for: str) -> None:
     """TfpipeError naming the package to install when `module` cannot be imported."""
     if importlib.util.find_spec(module) is None:

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipe.models import classifier as model_lib
+from tfpipe.training import features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,18 +94,4 @@ def split_classifier(classifier: keras.Model, base: keras.Model, at: Boundary):
 
 def extract(bottom: keras.Model, datasets: list[tf.data.Dataset]) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
     """(activations, labels) for every example of each dataset, in one pass each."""
-
-    @tf.function  # traced once, for all datasets
-    def forward(images):
-        outputs = bottom(images, training=False)
-        return tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,)
-
-    results = []
-    for dataset in datasets:
-        parts, labels = [], []
-        for images, batch_labels in dataset:
-            parts.append([output.numpy() for output in forward(images)])
-            labels.append(batch_labels.numpy())
-        activations = tuple(np.concatenate([batch[i] for batch in parts]) for i in range(len(parts[0])))
-        results.append((activations, np.concatenate(labels)))
-    return results
+    return features.run_once(lambda images: bottom(images, training=False), datasets)

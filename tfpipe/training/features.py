@@ -17,18 +17,29 @@ from tfpipe.models import classifier as model_lib
 def extract(classifier, datasets: list[tf.data.Dataset]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(features [N, D] float32, labels [N]) for every example of each dataset, in one pass each."""
     extractor = model_lib.feature_extractor(classifier)
+    return [
+        (outputs[0], labels)
+        for outputs, labels in run_once(lambda images: tf.cast(extractor(images, training=False), tf.float32), datasets)
+    ]
 
-    @tf.function  # traced once, for all datasets: tracing the base costs seconds
+
+def run_once(model, datasets: list[tf.data.Dataset]) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
+    """(outputs, labels) for every example of each (images, labels) dataset: `model`'s outputs (one
+    tensor or a list), each concatenated over the batches, in one pass per dataset."""
+
+    @tf.function  # traced once, for all datasets: tracing a base costs seconds
     def forward(images):
-        return tf.cast(extractor(images, training=False), tf.float32)
+        outputs = model(images)
+        return tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,)
 
     results = []
     for dataset in datasets:
-        features, labels = [], []
+        batches, labels = [], []
         for images, batch_labels in dataset:
-            features.append(forward(images).numpy())
+            batches.append([output.numpy() for output in forward(images)])
             labels.append(batch_labels.numpy())
-        results.append((np.concatenate(features), np.concatenate(labels)))
+        outputs = tuple(np.concatenate([batch[i] for batch in batches]) for i in range(len(batches[0])))
+        results.append((outputs, np.concatenate(labels)))
     return results
 
 

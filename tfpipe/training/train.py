@@ -282,8 +282,10 @@ class _PhaseFitter:
                 stopped,
             )
             phase = next((p for p in phases if p.name == name), None)
-            first = max(self.run_dir.state.completed_epochs, phase.first_epoch) if phase else 0
-            if phase is None or name in stopped or first >= phase.end_epoch:
+            if phase is None or name in stopped:
+                continue
+            first = max(self.run_dir.state.completed_epochs, phase.first_epoch)
+            if first >= phase.end_epoch:
                 continue
             self.log(
                 f"Phase {phase.name}: epochs {first + 1}-{phase.end_epoch} at learning rate {phase.learning_rate:g}"
