@@ -6,7 +6,8 @@
 
     none      float32 weights and arithmetic
     float16   float16 weights (LiteRT computes in float32 on a CPU; half the file)
-    dynamic   int8 weights; activations quantized on the fly where a kernel can
+    dynamic   int8 weights, no calibration: LiteRT quantizes activations on the fly where a
+              kernel can; ONNX keeps float32 arithmetic (int8 weights dequantized at run time)
     int8      full integer: weights and activations in int8, their ranges calibrated on
               representative images; the model still takes uint8 images and gives float logits
 
@@ -14,9 +15,9 @@ Every exported model takes uint8 images (batch, size, size, 3), as the Keras mod
 so a camera's bytes go straight in. LiteRT is held to its built-in kernels (no TensorFlow
 ops, which the ai-edge-litert interpreter cannot run), so a model that would need them
 fails at export rather than on the device. Keras exports ONNX in float32; its quantized
-forms come from onnxruntime.quantization: float16 by converting the weights (inputs and
-outputs kept), dynamic by quantize_dynamic, int8 by quantize_static in QDQ form with
-per-channel weights.
+forms: float16 by onnxruntime's converter (inputs and outputs kept), dynamic by storing
+int8 weights behind DequantizeLinear (below), int8 by onnxruntime's quantize_static in QDQ
+form with per-channel weights.
 """
 
 from __future__ import annotations
@@ -156,7 +157,6 @@ def _quantize_onnx(float_path: str, path: str, scratch: str, quantize: str, repr
         CalibrationDataReader,
         QuantFormat,
         QuantType,
-        quantize_dynamic,
         quantize_static,
     )
 
@@ -173,9 +173,7 @@ def _quantize_onnx(float_path: str, path: str, scratch: str, quantize: str, repr
     prepared = os.path.join(scratch, "prepared.onnx")
     quant_pre_process(float_path, prepared, skip_symbolic_shape=True)
     if quantize == "dynamic":
-        # uint8 weights: on the multiclass run they kept float32's test accuracy, int8 weights lost
-        # 2 points (BUILD_NOTES.md, "Export").
-        quantize_dynamic(prepared, path, weight_type=QuantType.QUInt8)
+        _store_int8_weights(prepared, path)
         return
 
     class _Images(CalibrationDataReader):
@@ -195,3 +193,62 @@ def _quantize_onnx(float_path: str, path: str, scratch: str, quantize: str, repr
         weight_type=QuantType.QInt8,
         per_channel=True,
     )
+
+
+# As LiteRT's dynamic range quantization does: smaller weights (the stem convolution, the
+# narrow depthwise kernels) stay float32, where int8 would cost accuracy and save little.
+MIN_INT8_WEIGHT_ELEMENTS = 1024
+# The axis of each weight's output channels: one int8 scale per channel.
+_OUTPUT_CHANNEL_AXIS = {"Conv": 0, "MatMul": 1}
+
+
+def _store_int8_weights(source: str, path: str) -> None:
+    """ONNX dynamic: every Conv and MatMul weight of MIN_INT8_WEIGHT_ELEMENTS or more stored as
+    symmetric per-channel int8 behind a DequantizeLinear, the arithmetic left in float32.
+
+    Not onnxruntime's quantize_dynamic: on EfficientNet-Lite0 its integer convolutions
+    (ConvInteger, activations quantized per call from the whole batch's range) scored 2-3
+    test points below the Keras model, gave an image different outputs in different batches,
+    and ran 5x slower than float32 on a CPU (BUILD_NOTES.md, "Export")."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(source)
+    graph = model.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    dequantized = []  # first in the graph: they read only initializers
+    for node in graph.node:
+        axis = _OUTPUT_CHANNEL_AXIS.get(node.op_type)
+        name = node.input[1] if axis is not None and len(node.input) > 1 else None
+        if name not in weights or name in {n.output[0] for n in dequantized}:
+            continue
+        weight = numpy_helper.to_array(weights[name])
+        if weight.size < MIN_INT8_WEIGHT_ELEMENTS or weight.dtype != np.float32 or weight.ndim <= axis:
+            continue
+        quantized, scale = _symmetric_int8(weight, axis)
+        graph.initializer.remove(weights[name])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(quantized, f"{name}_int8"),
+                numpy_helper.from_array(scale, f"{name}_scale"),
+                numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{name}_zero_point"),
+            ]
+        )
+        inputs = [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"]
+        dequantized.append(helper.make_node("DequantizeLinear", inputs, [name], name=f"{name}_dequantize", axis=axis))
+    nodes = dequantized + list(graph.node)
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def _symmetric_int8(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weight, float32 scale per channel of `axis`): zero stays exactly zero."""
+    others = tuple(i for i in range(weight.ndim) if i != axis)
+    largest = np.abs(weight).max(axis=others)
+    scale = np.where(largest > 0, largest / 127.0, 1.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    quantized = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return quantized, scale
