@@ -73,6 +73,26 @@ def memory_limit() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
+def choose_boundary(base: keras.Model, fine_tune_index: int, examples: int, log) -> Boundary | None:
+    """Where fine-tuning caches the activations of `examples` images, or None (with a line saying
+    why when it is their size) to fine-tune end to end."""
+    at = boundary(base, fine_tune_index)
+    if at is None:
+        return None
+    needed, limit = examples * at.bytes_per_example, memory_limit()
+    if needed > limit:
+        log(
+            f"Fine-tuning end to end: the activations at {at.describe()} of {examples} images would take "
+            f"{needed / 2**30:.1f} GiB, over {limit / 2**30:.1f} GiB (a quarter of this machine's memory)"
+        )
+        return None
+    log(
+        f"Cached fine-tuning: the frozen layers below {fine_tune_index} run once over {examples} "
+        f"images; their activations at {at.describe()} take {needed / 2**20:,.0f} MiB"
+    )
+    return at
+
+
 def split_classifier(classifier: keras.Model, base: keras.Model, at: Boundary):
     """(bottom, top): uint8 images -> the boundary's activations, and those activations -> logits,
     both sharing the classifier's layers."""

@@ -349,25 +349,11 @@ class _PhaseFitter:
         return [callbacks.StopAtPlateau(self.run_dir, phase.name, patience)] if patience else []
 
     def _cache_boundary(self) -> activations.Boundary | None:
-        """Where phase 2 caches activations, or None (with a line saying why) to fine-tune end to end."""
+        """Where phase 2 caches activations, or None to fine-tune end to end."""
         if not self.config.may_cache_fine_tuning:
             return None
-        at = activations.boundary(self.base.model, self.base.fine_tune_index)
-        if at is None:
-            return None
         examples = sum(self.data.source.count(split) for split in (self.config.train_split, self.config.val_split))
-        needed, limit = examples * at.bytes_per_example, activations.memory_limit()
-        if needed > limit:
-            self.log(
-                f"Fine-tuning end to end: the activations at {at.describe()} of {examples} images would take "
-                f"{needed / 2**30:.1f} GiB, over {limit / 2**30:.1f} GiB (a quarter of this machine's memory)"
-            )
-            return None
-        self.log(
-            f"Cached fine-tuning: the frozen layers below {self.config.fine_tune_at} run once over {examples} "
-            f"images; their activations at {at.describe()} take {needed / 2**20:,.0f} MiB"
-        )
-        return at
+        return activations.choose_boundary(self.base.model, self.base.fine_tune_index, examples, self.log)
 
     def _fit_top_on_activations(self, phase, first, extra_callbacks, at):
         local = [self.data.local(split) for split in (self.config.train_split, self.config.val_split)]
