@@ -220,13 +220,13 @@ def _store_int8_weights(source: str, path: str) -> None:
     for node in graph.node:
         axis = _OUTPUT_CHANNEL_AXIS.get(node.op_type)
         name = node.input[1] if axis is not None and len(node.input) > 1 else None
-        if name not in weights or name in {n.output[0] for n in dequantized}:
+        if name not in weights:  # not a stored weight, or one already dequantized for another node
             continue
         weight = numpy_helper.to_array(weights[name])
         if weight.size < MIN_INT8_WEIGHT_ELEMENTS or weight.dtype != np.float32 or weight.ndim <= axis:
             continue
         quantized, scale = _symmetric_int8(weight, axis)
-        graph.initializer.remove(weights[name])
+        graph.initializer.remove(weights.pop(name))
         graph.initializer.extend(
             [
                 numpy_helper.from_array(quantized, f"{name}_int8"),

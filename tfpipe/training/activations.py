@@ -73,9 +73,12 @@ def memory_limit() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
-def choose_boundary(base: keras.Model, fine_tune_index: int, examples: int, log) -> Boundary | None:
+def choose_boundary(
+    base: keras.Model, fine_tune_index: int, fine_tune_at: str | int, examples: int, log
+) -> Boundary | None:
     """Where fine-tuning caches the activations of `examples` images, or None (with a line saying
-    why when it is their size) to fine-tune end to end."""
+    why when it is their size) to fine-tune end to end. fine_tune_at: the setting as given (an
+    index or a layer name), for the line."""
     at = boundary(base, fine_tune_index)
     if at is None:
         return None
@@ -87,7 +90,7 @@ def choose_boundary(base: keras.Model, fine_tune_index: int, examples: int, log)
         )
         return None
     log(
-        f"Cached fine-tuning: the frozen layers below {fine_tune_index} run once over {examples} "
+        f"Cached fine-tuning: the frozen layers below {fine_tune_at} run once over {examples} "
         f"images; their activations at {at.describe()} take {needed / 2**20:,.0f} MiB"
     )
     return at

@@ -353,7 +353,9 @@ class _PhaseFitter:
         if not self.config.may_cache_fine_tuning:
             return None
         examples = sum(self.data.source.count(split) for split in (self.config.train_split, self.config.val_split))
-        return activations.choose_boundary(self.base.model, self.base.fine_tune_index, examples, self.log)
+        return activations.choose_boundary(
+            self.base.model, self.base.fine_tune_index, self.config.fine_tune_at, examples, self.log
+        )
 
     def _fit_top_on_activations(self, phase, first, extra_callbacks, at):
         local = [self.data.local(split) for split in (self.config.train_split, self.config.val_split)]
