@@ -24,11 +24,14 @@ if "TFDS_DATA_DIR" not in os.environ:
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import tiny_backbone  # noqa: E402
 from helpers.images import coloured_square, write_image  # noqa: E402
 from helpers.runs import TINY, TINY_MULTICLASS, tiny_train_config  # noqa: E402
 
 from tfpipe.data import sources  # noqa: E402
 from tfpipe.models.augment import DEFAULT_AUGMENT  # noqa: E402
+
+tiny_backbone.register()  # every test process can build the tiny test base (tiny_train_config's default)
 
 
 @pytest.fixture(scope="session")
@@ -47,13 +50,14 @@ def tiny_source(data_dir):
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, data_dir):
-    """A finished tiny two-class run (one epoch per phase, with a test split, the default augmentation):
-    (config, results, log lines)."""
+    """A finished tiny two-class run (the default base, one epoch per phase, with a test split, the
+    default augmentation): (config, results, log lines)."""
     from tfpipe.training.train import train
 
     config = tiny_train_config(
         tmp_path_factory.mktemp("finished"),
         data_dir,
+        real_base=True,  # predict, evaluate and export see the default base, as a user's run has it
         initial_epochs=1,
         fine_tune_epochs=1,
         augment=DEFAULT_AUGMENT,  # end to end, with augmentation in the model, as a default run

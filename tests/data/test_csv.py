@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 from helpers.images import coloured_square, write_image
-from helpers.runs import read_json
+from helpers.runs import TINY_BASE_FLAGS, read_json
 from helpers.tools import assert_one_line_error, run_tool
 
 from tfpipe.data import csv_labels, sources
@@ -151,7 +151,7 @@ def test_train_cli_reads_a_csv_dataset_and_evaluate_reopens_it(tmp_path):
         f"--model_dir={model_dir}",
         "--image_size=32",
         "--batch_size=4",
-        "--weights=none",
+        *TINY_BASE_FLAGS,
         "--initial_epochs=1",
         "--fine_tune_epochs=0",
         "--augment=none",
@@ -159,6 +159,7 @@ def test_train_cli_reads_a_csv_dataset_and_evaluate_reopens_it(tmp_path):
         "--train_split=train[:50%]",
         "--val_split=train[50%:75%]",
         "--test_split=train[75%:]",
+        tiny_base=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = read_json(model_dir / "results.json")

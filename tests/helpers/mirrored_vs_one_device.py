@@ -3,9 +3,12 @@ prints, as one JSON line, the largest weight difference and what each run scored
 Run as a script: logical devices must be configured before TensorFlow initializes,
 so it cannot share a pytest process.
 
-Usage: DATA_DIR OUT_DIR [JSON of TrainConfig overrides]; a folder: dataset starts from random weights."""
+Usage: DATA_DIR OUT_DIR [JSON of TrainConfig overrides]. Both runs use the tiny test base
+(helpers.tiny_backbone) from random weights: its convolutions and BatchNorm layers are what
+an empty replica batch breaks with oneDNN on."""
 
 import json
+import os
 import sys
 
 import tensorflow as tf
@@ -16,12 +19,16 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for helpers
+from helpers import tiny_backbone  # noqa: E402
+from helpers.runs import TINY_BASE_SETTINGS  # noqa: E402
+
 from tfpipe.data.pipeline import PipelineConfig  # noqa: E402
 from tfpipe.training.train import TrainConfig, train  # noqa: E402
 
 data_dir, out_dir = sys.argv[1], sys.argv[2]
 overrides = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-dataset = overrides.get("dataset", "tfpipe_shapes/tiny")
+tiny_backbone.register()
 runs = {}
 for name, strategy in (
     ("one_device", tf.distribute.OneDeviceStrategy("/cpu:0")),
@@ -29,7 +36,7 @@ for name, strategy in (
 ):
     settings = dict(
         model_dir=f"{out_dir}/{name}",
-        weights="none" if dataset.startswith("folder:") else "auto",
+        **TINY_BASE_SETTINGS,
         data_dir=data_dir,
         pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1),
         augment="none",

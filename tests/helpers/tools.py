@@ -2,25 +2,59 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import types
 
+from helpers import tiny_backbone
 from helpers.runs import TINY, TINY_PIPELINE
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_tool(tool: str, *args: str, timeout: float = 600, env_extra: dict | None = None):
-    """Runs bin/<tool> with this interpreter; returns the CompletedProcess."""
+def tool_command(tool: str, *args: str, tiny_base: bool = False) -> list[str]:
+    """The command line of bin/<tool> with this interpreter; with tiny_base, started through
+    helpers.tiny_backbone, so that --backbone can name the tiny test base (train takes
+    TINY_BASE_FLAGS, pretrain --backbone alone)."""
+    command = [sys.executable, os.path.join(REPO, "bin", tool)]
+    if tiny_base:
+        command.insert(1, tiny_backbone.__file__)
+    return [*command, *args]
+
+
+def run_tool(tool: str, *args: str, timeout: float = 600, env_extra: dict | None = None, tiny_base: bool = False):
+    """Runs bin/<tool> (see tool_command); returns the CompletedProcess."""
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run(
-        [sys.executable, os.path.join(REPO, "bin", tool), *args],
+        tool_command(tool, *args, tiny_base=tiny_base),
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
     )
+
+
+def run_tool_cases(tool: str, command_lines: list[list[str]], timeout: float = 600) -> list:
+    """Runs bin/<tool> once per command line, all in one process (helpers/tool_cases.py); returns
+    each run's returncode and stderr, in order, for assert_one_line_error."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tool_cases.py")
+    process = subprocess.run(
+        [sys.executable, script, os.path.join(REPO, "bin", tool), json.dumps(command_lines)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return [types.SimpleNamespace(**run) for run in json.loads(process.stdout.strip().splitlines()[-1])]
+
+
+def bad_input_runs(tool: str, cases: list[tuple[list[str], str]], *common: str) -> dict:
+    """Each (flags, message) case of bin/<tool> run after the `common` flags, all in one process
+    (run_tool_cases): {message: its run}, for a module fixture that the case's test reads."""
+    runs = run_tool_cases(tool, [[*common, *flags] for flags, _ in cases])
+    return {message: run for (_, message), run in zip(cases, runs, strict=True)}
 
 
 def assert_one_line_error(result, tool, message):

@@ -4,6 +4,7 @@ fallback past the memory limit."""
 import keras
 import numpy as np
 import pytest
+from helpers import tiny_backbone
 from helpers.runs import tiny_train_config
 
 from tfpipe.models import backbones
@@ -108,11 +109,9 @@ def test_a_cached_run_ends_where_an_end_to_end_run_does_and_the_memory_limit_fal
         results = train(config, log=logged.append)
         runs[name] = (results, logged, keras.models.load_model(os.path.join(config.model_dir, "final.keras")))
     (cached, cached_log, cached_model), (fallback, fallback_log, fallback_model) = runs["cached"], runs["over_limit"]
-    assert cached["cached_fine_tuning"] == "block6a_bn (1x1x672, float32)"
-    assert any(
-        line.startswith("Cached fine-tuning: the frozen layers below 100 run once over 36 images")
-        for line in cached_log
-    )
+    assert cached["cached_fine_tuning"] == "block1_project_bn (8x8x16, float32)"  # the tiny test base's
+    below = f"Cached fine-tuning: the frozen layers below {tiny_backbone.FINE_TUNE_AT} run once over 36 images"
+    assert any(line.startswith(below) for line in cached_log)
     assert fallback["cached_fine_tuning"] is None
     assert any(line.startswith("Fine-tuning end to end: the activations at") for line in fallback_log)
     for a, b in zip(cached_model.weights, fallback_model.weights):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.images import imbalanced_folder
-from helpers.runs import TINY, fingerprints, read_json, tiny_train_config
+from helpers.runs import TINY, TINY_BASE_FLAGS, fingerprints, read_json, tiny_train_config
 from helpers.servers import free_port, start_server, stop
-from helpers.tools import REPO, assert_one_line_error, run_bench, run_tool
+from helpers.tools import REPO, assert_one_line_error, bad_input_runs, run_bench, tool_command
 
 import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
 from tfpipe.data import pipeline, service
@@ -48,9 +48,7 @@ UNEVEN_SPLITS = [
         id="onednn-on-class-weights",
     ),
     pytest.param("1", _FAST_29, (29, 5, 6), id="onednn-on-fast-features"),
-    pytest.param(
-        "0", dict(_FAST_29, class_weight="balanced", fine_tune_epochs=0), (29, 5, 6), id="onednn-off-phase-1"
-    ),
+    pytest.param("0", dict(_FAST_29, class_weight="balanced", fine_tune_epochs=0), (29, 5, 6), id="onednn-off-phase-1"),
 ]
 
 
@@ -140,9 +138,8 @@ def test_two_workers_train_together_and_finish_with_identical_weights(tmp_path, 
         }
         workers.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    os.path.join(REPO, "bin", "train"),
+                tool_command(
+                    "train",
                     "--strategy=multi_worker",
                     f"--dataset={TINY}",
                     f"--data_dir={data_dir}",
@@ -152,7 +149,9 @@ def test_two_workers_train_together_and_finish_with_identical_weights(tmp_path, 
                     "--seed=1",
                     "--initial_epochs=1",
                     "--fine_tune_epochs=1",
-                ],
+                    *TINY_BASE_FLAGS,
+                    tiny_base=True,
+                ),
                 env=dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_ENABLE_ONEDNN_OPTS="1"),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -347,14 +346,20 @@ def test_data_service_tool_serves_bench_input(tmp_path, data_dir):
         stop(*servers)
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        ([], "--role is required"),
-        (["--role=dispatcher"], "--port=None"),
-        (["--role=worker", "--port=0"], "--port=0"),
-        (["--role=worker", "--port=5999"], "needs --dispatcher"),
-    ],
-)
-def test_data_service_tool_bad_input(flags, message):
-    assert_one_line_error(run_tool("data_service", *flags, timeout=120), "data_service", message)
+DATA_SERVICE_BAD_INPUT = [
+    ([], "--role is required"),
+    (["--role=dispatcher"], "--port=None"),
+    (["--role=worker", "--port=0"], "--port=0"),
+    (["--role=worker", "--port=5999"], "needs --dispatcher"),
+]
+
+
+@pytest.fixture(scope="session")  # one tool process for all the cases, even when xdist interleaves modules
+def data_service_bad_input():
+    return bad_input_runs("data_service", DATA_SERVICE_BAD_INPUT)
+
+
+@pytest.mark.xdist_group("data_service_bad_input")
+@pytest.mark.parametrize("flags, message", DATA_SERVICE_BAD_INPUT)
+def test_data_service_tool_bad_input(data_service_bad_input, flags, message):
+    assert_one_line_error(data_service_bad_input[message], "data_service", message)

