@@ -1,14 +1,15 @@
-"""A base of a dozen layers for the tests of run mechanics (phases, resume, killed writers,
-early stopping, mirrored replicas), where EfficientNet-Lite0's weights play no part and
-TensorFlow tracing its graph was 12 of a tiny run's 20 s (BUILD_NOTES.md, "Tests").
+"""A base of 18 layers for the tests of run mechanics (phases, resume, killed writers,
+early stopping, mirrored replicas, pretrain), where EfficientNet-Lite0's weights play no
+part and TensorFlow tracing its graph was 12 of a tiny run's 20 s (BUILD_NOTES.md, "Tests").
 
 It has what those mechanics meet in the real base: convolutions and a depthwise convolution
 followed by BatchNorm (the ops that fail on an empty replica batch with oneDNN on), a skip
 connection across the fine-tune boundary, and layers below and above it. register() adds it
-to tfpipe's backbone registry in this process; bin/ tools get it through run_tool's
-`tiny_base=True`, which starts them through this module.
+to tfpipe's backbone registry in this process; bin/ tools get it through
+helpers.tools.tool_command's `tiny_base=True`, which starts them through this module.
 
-Never used for accuracy: it starts from random weights (--weights=none)."""
+Never used for accuracy: it starts from random weights (--weights=none), or from a file
+that a test's pretraining wrote."""
 
 from __future__ import annotations
 
