@@ -92,9 +92,7 @@ def _inverted_residual(inputs, expansion, kernel, stride, filters, name):
     x = inputs
     in_filters = inputs.shape[-1]
     if expansion != 1:
-        x = keras.layers.Conv2D(
-            in_filters * expansion, 1, padding="same", use_bias=False, name=f"{name}expand_conv"
-        )(x)
+        x = keras.layers.Conv2D(in_filters * expansion, 1, padding="same", use_bias=False, name=f"{name}expand_conv")(x)
         x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}expand_bn")(x)
         x = keras.layers.ReLU(6.0, name=f"{name}expand_activation")(x)
     x = keras.layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=f"{name}dwconv")(x)
