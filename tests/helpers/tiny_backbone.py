@@ -59,7 +59,8 @@ def register():
     """Adds the tiny base to tfpipe's registry of backbones (this process only)."""
     from tfpipe.models import backbones
 
-    scaling = lambda: keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_symmetric")  # noqa: E731
+    # MobileNetV2's input scaling ([0, 255] -> [-1, 1]), taken from the registry rather than written again.
+    scaling = backbones.get("mobilenet_v2").scaling
     backbones.BACKBONES.setdefault(NAME, backbones.Backbone(NAME, tiny_base, scaling))
 
 
