@@ -26,56 +26,70 @@ from tfpipe.training import distribute
 from tfpipe.training.train import train
 
 # Split sizes that leave a replica short or empty at the last step (batch 8, 4 per replica):
-# 28 and 29 training examples make 7 per-replica batches (one replica empty at the 4th step);
-# 3 validation examples leave the second replica nothing, 5 leave it one; the test split is
-# scored outside the strategy. oneDNN is forced on: with it, TF 2.21's conv2d returns an empty
-# batch unchanged and the next layer fails (BUILD_NOTES.md), so an empty replica batch fails on
-# any x86 CPU, whatever the machine would choose; one short case runs with it off, as on CPUs
+# 28 and 29 training examples make 3 global batches and drop the rest; 3 validation examples
+# leave the second replica nothing, 5 leave it one; the test split is scored outside the
+# strategy. oneDNN is forced on in the matrix: with it, TF 2.21's conv2d returns an empty batch
+# unchanged and the next layer fails (BUILD_NOTES.md), so an empty replica batch fails on any
+# x86 CPU, whatever the machine would choose; one short case runs with it off, as on CPUs
 # without AVX512_VNNI, AVX512_BF16 or AMX.
-# Both phases on stored outputs of the frozen layers: fast features, then cached activations.
-_FAST_29 = dict(
-    fast_feature_extraction=True,
-    cached_fine_tuning=True,
-    train_split="train[:29]",
-    val_split="train[29:34]",
-    test_split="train[34:]",
-)
-UNEVEN_SPLITS = [
-    pytest.param(
-        "1",
-        dict(class_weight="balanced", train_split="train[:28]", val_split="train[28:31]", test_split="train[31:]"),
-        (28, 3, 9),
-        id="onednn-on-class-weights",
-    ),
-    pytest.param("1", _FAST_29, (29, 5, 6), id="onednn-on-fast-features"),
-    pytest.param("0", dict(_FAST_29, class_weight="balanced", fine_tune_epochs=0), (29, 5, 6), id="onednn-off-phase-1"),
-]
+_SPLITS_28 = dict(train_split="train[:28]", val_split="train[28:31]", test_split="train[31:]")
+_SPLITS_29 = dict(train_split="train[:29]", val_split="train[29:34]", test_split="train[34:]")
+_SIZES = {"train[:28]": (28, 3, 9), "train[:29]": (29, 5, 6)}
+# What each phase's batches hold: images (end to end), the frozen base's pooled features, or
+# the activations at the fine-tune boundary, one tensor (tiny base layer 9) or two (layer 10,
+# where the block's skip connection and its own path both cross).
+PHASE_1 = {"end_to_end": dict(fast_feature_extraction=False), "features": dict(fast_feature_extraction=True)}
+PHASE_2 = {
+    "end_to_end": dict(cached_fine_tuning=False),
+    "cached_one_tensor": dict(cached_fine_tuning=True, fine_tune_at="9"),
+    "cached_two_tensors": dict(cached_fine_tuning=True, fine_tune_at="10"),
+}
+# Class weights add a third component to every batch: half the cases have them, so that each
+# phase-1 and each phase-2 path runs with and without.
+_WEIGHTED = {("end_to_end", "end_to_end"), ("end_to_end", "cached_two_tensors"), ("features", "cached_one_tensor")}
+MATRIX = {
+    f"{one}-{two}": dict(
+        **PHASE_1[one],
+        **PHASE_2[two],
+        **(dict(_SPLITS_28, class_weight="balanced") if (one, two) in _WEIGHTED else _SPLITS_29),
+    )
+    for one in PHASE_1
+    for two in PHASE_2
+}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("onednn, overrides, sizes", UNEVEN_SPLITS)
-def test_mirrored_over_two_cpus_ends_with_the_weights_of_one_device(tmp_path, data_dir, onednn, overrides, sizes):
-    # A 3:1 folder from random weights: class weights must reach every replica's loss,
-    # and padding examples no loss or metric.
+def _mirrored_vs_one_device(tmp_path, data_dir, onednn: str, cases: dict) -> dict:
+    """Runs helpers/mirrored_vs_one_device.py on a 3:1 folder from random weights (class weights
+    must reach every replica's loss, and padding examples no loss or metric); its report per case."""
     folder = imbalanced_folder(tmp_path / "images", (30, 10))
     script = os.path.join(REPO, "tests", "helpers", "mirrored_vs_one_device.py")
-    overrides = dict(overrides, dataset=f"folder:{folder}")
+    cases = {name: dict(overrides, dataset=f"folder:{folder}") for name, overrides in cases.items()}
     result = subprocess.run(
-        [sys.executable, script, data_dir, str(tmp_path), json.dumps(overrides)],
+        [sys.executable, script, data_dir, str(tmp_path), json.dumps(cases)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")  # one subprocess for the whole matrix
+def strategy_matrix(tmp_path_factory, data_dir):
+    return _mirrored_vs_one_device(tmp_path_factory.mktemp("matrix"), data_dir, "1", MATRIX)
+
+
+def _check_mirrored_matches_one_device(report, overrides):
+    assert "error" not in report, report.get("error")
     assert report["replicas"] == {"one_device": 1, "mirrored": 2}
     assert report["max_abs_difference"] < 1e-3  # after 6 steps, both phases
     one, mirrored = report["history"]["one_device"], report["history"]["mirrored"]
+    assert [e["epoch"] for e in mirrored] == [e["epoch"] for e in one] != []
     for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
         # Every validation example counted once, and no padding: the same mean as on one device.
         assert [e[key] for e in mirrored] == pytest.approx([e[key] for e in one], rel=1e-3, abs=1e-5), key
-    train_size, val_size, test_size = sizes
+    train_size, val_size, test_size = _SIZES[overrides["train_split"]]
     results = report["results"]
     assert results["mirrored"]["examples"] == results["one_device"]["examples"]
     assert list(results["mirrored"]["examples"].values()) == [train_size, val_size, test_size]
@@ -84,9 +98,33 @@ def test_mirrored_over_two_cpus_ends_with_the_weights_of_one_device(tmp_path, da
     dropped = f"the last {train_size % 8} of the {train_size} examples in each epoch's shuffled order are left out"
     for name in ("one_device", "mirrored"):
         assert any(dropped in line for line in report["log"][name]), report["log"][name]
+        assert results[name]["fast_feature_extraction"] == overrides["fast_feature_extraction"]
     if overrides.get("class_weight") == "balanced":
         assert results["mirrored"]["class_weights"] == results["one_device"]["class_weights"]
         assert results["mirrored"]["class_weights"]["c1"] > 1.5  # the rare class weighs more
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("strategy_matrix")
+@pytest.mark.parametrize("case", list(MATRIX))
+def test_mirrored_over_two_cpus_ends_with_the_weights_of_one_device(strategy_matrix, case):
+    overrides = MATRIX[case]
+    report = strategy_matrix[case]
+    _check_mirrored_matches_one_device(report, overrides)
+    # The phase-2 path the case asked for is the one both runs took, through the boundary it names.
+    cached = {name: report["results"][name]["cached_fine_tuning"] for name in ("one_device", "mirrored")}
+    if overrides["cached_fine_tuning"]:
+        tensors = 1 if overrides["fine_tune_at"] == "9" else 2
+        assert cached["mirrored"] == cached["one_device"] and cached["mirrored"].count("float32") == tensors
+    else:
+        assert cached == {"one_device": None, "mirrored": None}
+
+
+@pytest.mark.slow
+def test_mirrored_phase_1_with_onednn_off(tmp_path, data_dir):
+    overrides = dict(MATRIX["features-end_to_end"], class_weight="balanced", fine_tune_epochs=0)
+    report = _mirrored_vs_one_device(tmp_path, data_dir, "0", {"phase-1": overrides})["phase-1"]
+    _check_mirrored_matches_one_device(report, overrides)
 
 
 def test_replica_batches_give_every_replica_a_full_batch_and_every_example_once():
@@ -102,6 +140,71 @@ def test_replica_batches_give_every_replica_a_full_batch_and_every_example_once(
             seen += [int(label) for label, weight in zip(labels, weights) if weight > 0]
             assert all(int(label) == 0 for label, weight in zip(labels, weights) if weight == 0)
     assert sorted(seen) == list(range(11))
+
+
+@pytest.mark.slow
+def test_the_issue_command_trains_mirrored_with_a_two_tensor_boundary_and_scores_the_whole_test_split(
+    tmp_path, data_dir
+):
+    # MobileNetV2 at layer 100: the cached boundary is two tensors (a skip connection crosses it).
+    folder = imbalanced_folder(tmp_path / "images", (30, 10))
+    model_dir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tests", "helpers", "on_two_cpus.py"),
+            os.path.join(REPO, "bin", "train"),
+            "--strategy=mirrored",
+            f"--dataset=folder:{folder}",
+            f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}",
+            "--batch_size=8",
+            "--backbone=mobilenet_v2",
+            "--alpha=0.35",
+            "--weights=none",
+            "--image_size=32",
+            "--augment=none",
+            "--nofast_feature_extraction",
+            "--class_weight=balanced",
+            "--initial_epochs=1",
+            "--fine_tune_epochs=1",
+            "--noexport",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Strategy: MirroredStrategy, 2 replicas" in result.stdout
+    results = read_json(model_dir / "results.json")
+    assert results["cached_fine_tuning"].count("float32") == 2, results["cached_fine_tuning"]
+    assert [r["epoch"] for r in read_json(model_dir / "history.json")] == [1, 2]
+    test_examples = results["examples"]["test"]
+    assert test_examples == 4 and read_json(model_dir / "evaluation" / "report.json")["examples"] == test_examples
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["no-weights", "class-weights"])
+def test_replica_batches_pad_every_tensor_of_a_nested_batch(weighted):
+    # Cached activations at a boundary of two tensors of different shapes: x is a pair.
+    def example(i):
+        x = (tf.fill([2, 2, 3], i), tf.fill([2, 2, 5], -i))
+        return (x, i, tf.cast(i, tf.float32) + 1) if weighted else (x, i)
+
+    batches = tf.data.Dataset.range(7).map(example).batch(4)  # 4 + 3 examples; 2 steps of 2 x 2
+    out = list(distribute.replica_batches(batches, per_replica=2, local_replicas=2, steps=2))
+    assert len(out) == 4
+    seen = []
+    for (first, second), labels, weights in out:
+        assert first.shape == (2, 2, 2, 3) and second.shape == (2, 2, 2, 5) and weights.shape == (2,)
+        for j, (label, weight) in enumerate(zip(labels.numpy(), weights.numpy())):
+            if weight > 0:
+                seen.append(int(label))
+                assert weight == (label + 1 if weighted else 1)
+                assert np.all(first[j] == label) and np.all(second[j] == -label)
+            else:  # padding: zeros in every tensor
+                assert label == 0 and not np.any(first[j]) and not np.any(second[j])
+    assert seen == list(range(7))
 
 
 def test_replica_batches_stop_a_training_epoch_at_its_steps_and_keep_sample_weights():

@@ -31,8 +31,24 @@ def check_strategy(name: str) -> None:
         raise TfpipeError(f"--strategy={name!r}: use one of {', '.join(STRATEGIES)}")
 
 
+# One strategy per kind and devices in a process. Collective all-reduces of a second
+# MirroredStrategy over the same devices reuse the first one's instance keys, and a model
+# trained under it fails with "Shape mismatch in the collective instance" (tensorflow issues
+# 61314, 62790): seen here on the second of several runs in one process.
+_STRATEGIES: dict = {}
+
+
 def make_strategy(name: str, devices: list[str] | None = None) -> tf.distribute.Strategy:
+    """The strategy `name` stands for (module docstring), created once per process and reused by
+    every later run in it."""
     check_strategy(name)
+    key = (name, tuple(devices or ()))
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = _new_strategy(name, devices)
+    return _STRATEGIES[key]
+
+
+def _new_strategy(name: str, devices: list[str] | None) -> tf.distribute.Strategy:
     if name == "multi_worker":
         # Collective ops must be configured before anything initializes TensorFlow
         # (listing devices does), so this comes first.
@@ -169,7 +185,9 @@ def replica_batches(batches: tf.data.Dataset, per_replica: int, local_replicas: 
     weighted = batches.map(_with_sample_weight)
     padded = weighted.map(lambda *element: _padded_to(element, pipeline_batch))
     filler = tf.data.Dataset.from_tensors(
-        tuple(tf.zeros([pipeline_batch, *spec.shape[1:]], spec.dtype) for spec in weighted.element_spec)
+        tf.nest.map_structure(
+            lambda spec: tf.zeros([pipeline_batch, *spec.shape[1:]], spec.dtype), weighted.element_spec
+        )
     ).repeat()
     exact = padded.concatenate(filler).take(steps)
     if local_replicas > 1:
@@ -178,17 +196,21 @@ def replica_batches(batches: tf.data.Dataset, per_replica: int, local_replicas: 
 
 
 def _with_sample_weight(*element):
+    """(x, y) -> (x, y, ones); x may be a structure (the activations at a boundary of several tensors)."""
     if len(element) == 3:
         return element
-    images, labels = element
-    return images, labels, tf.ones(tf.shape(labels)[:1], tf.float32)
+    x, labels = element
+    return x, labels, tf.ones(tf.shape(labels)[:1], tf.float32)
 
 
 def _padded_to(element, size: int):
-    missing = size - tf.shape(element[0])[0]
-    padded = []
-    for tensor in element:
+    """Every tensor of the (nested) element padded with zeros to `size` examples. The labels give
+    the batch's size: they are one tensor whatever x is."""
+    missing = size - tf.shape(element[1])[0]
+
+    def pad(tensor):
         tensor = tf.pad(tensor, [[0, missing]] + [[0, 0]] * (len(tensor.shape) - 1))
         tensor.set_shape([size, *tensor.shape[1:]])  # static shapes, as drop_remainder gives
-        padded.append(tensor)
-    return tuple(padded)
+        return tensor
+
+    return tf.nest.map_structure(pad, element)
