@@ -23,7 +23,8 @@ def test_train_writes_every_output(tmp_path, data_dir):
         f"--dataset={TINY}",
         f"--data_dir={data_dir}",
         f"--model_dir={model_dir}",
-        *TINY_TRAIN_FLAGS,
+        # No --image_size: the run takes the base's own (the tiny base's is 32 px).
+        *[flag for flag in TINY_TRAIN_FLAGS if not flag.startswith("--image_size")],
         *TINY_BASE_FLAGS,  # the default base's run is the session's finished_run (test_train)
         "--initial_epochs=2",
         "--fine_tune_epochs=1",
@@ -31,6 +32,7 @@ def test_train_writes_every_output(tmp_path, data_dir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[1] == "Weights: none (random initialization)"
+    assert result.stdout.splitlines()[2].startswith("Image size: 32 px, the size tiny_test_base's")
     assert "test accuracy" in result.stdout and "Epoch 3/3" in result.stdout
     assert "final.keras, export/, training_curves.png" in result.stdout
 
@@ -57,6 +59,7 @@ def test_train_writes_every_output(tmp_path, data_dir):
     assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 11}
     assert set(results["wall_seconds"]) == {"feature_extraction", "fine_tune", "total"}
     assert results["weights"] == "none" and results["class_names"] == ["ellipse", "rectangle"]
+    assert results["image_size"] == 32
 
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     for name in ("best.keras", "final.keras"):

@@ -61,7 +61,8 @@ def register():
 
     # MobileNetV2's input scaling ([0, 255] -> [-1, 1]), taken from the registry rather than written again.
     scaling = backbones.get("mobilenet_v2").scaling
-    backbones.BACKBONES.setdefault(NAME, backbones.Backbone(NAME, tiny_base, scaling))
+    # Its "own" size is the tests' 32 px: a run that names no --image_size stays tiny.
+    backbones.BACKBONES.setdefault(NAME, backbones.Backbone(NAME, tiny_base, scaling, native_size=32))
 
 
 if __name__ == "__main__":

@@ -175,6 +175,37 @@ def test_image_size_too_small_for_the_backbone(backbone):
         backbones.get(backbone).build_base(16, None)
 
 
+@pytest.mark.parametrize(
+    "backbone, application",
+    [
+        ("mobilenet_v2", lambda: keras.applications.MobileNetV2(weights=None, alpha=0.35)),
+        ("efficientnet_b0", lambda: keras.applications.EfficientNetB0(weights=None)),
+    ],
+)
+def test_a_keras_application_native_size_is_its_keras_default_input(backbone, application):
+    # The size Keras builds it at, with its top, when given none: its ImageNet weights' size.
+    assert backbones.get(backbone).native_size == application().input_shape[1] == 224
+
+
+def test_the_image_size_is_the_bases_own_unless_given():
+    from tfpipe.data.pipeline import PipelineConfig
+    from tfpipe.training.config import TrainConfig
+
+    default = TrainConfig(model_dir="")
+    assert default.backbone == "efficientnet_lite0" and default.pipeline.image_size is None
+    assert default.image_size == 224 and default.resolved().pipeline.image_size == 224
+    assert default.image_size_line() == (
+        "Image size: 224 px, the size efficientnet_lite0's ImageNet weights were trained at "
+        "(--image_size sets another)"
+    )
+    given = TrainConfig(model_dir="", pipeline=PipelineConfig(image_size=160))
+    assert given.image_size == 160 and given.resolved() == given
+    assert given.image_size_line() == "Image size: 160 px (--image_size; efficientnet_lite0's own is 224)"
+    # A run resumes whether its size was left to the base or given as the same number.
+    explicit = TrainConfig(model_dir="", pipeline=PipelineConfig(image_size=224))
+    assert default.resolved().fingerprint() == explicit.fingerprint()
+
+
 def test_alpha_is_checked():
     with pytest.raises(TfpipeError, match="not a MobileNetV2 width"):
         backbones.get("mobilenet_v2").check(SIZE, 0.6)

@@ -23,6 +23,7 @@ import numpy as np
 from tfpipe.bench.pipelines import CLASSIC_TF_DEFAULTS, classic_pipeline
 
 TUTORIAL_LEARNING_RATE = 1e-4  # base_learning_rate
+IMAGE_SIZE = 160  # IMG_SIZE, MobileNetV2 at 160 px
 
 
 class _EpochTimes(keras.callbacks.Callback):

@@ -57,7 +57,7 @@ def run() -> dict:
     if FLAGS.max_batches is not None and FLAGS.max_batches <= 0:
         raise TfpipeError(f"--max_batches={FLAGS.max_batches} must be positive")
     splits.parse(FLAGS.train_split, flag="train_split")
-    config = data_flags.pipeline_config()
+    config = data_flags.pipeline_config().sized(data_flags.DEFAULT_IMAGE_SIZE)
     data_service = data_flags.data_service()  # a malformed address fails now, before any data work
     steps = data_flags.augment_steps()
     augmentation = (

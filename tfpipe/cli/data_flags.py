@@ -16,6 +16,8 @@ FLAGS = flags.FLAGS
 # Defaults come from the library's own: a run from flags and one from TrainConfig() agree.
 _RUN = TrainConfig(model_dir="")
 _PIPELINE = _RUN.pipeline
+# The default backbone's own size: what a run with no --image_size and no --backbone uses.
+DEFAULT_IMAGE_SIZE = _RUN.image_size
 
 flags.DEFINE_string(
     "dataset",
@@ -44,7 +46,12 @@ flags.DEFINE_string(
 flags.DEFINE_string("train_split", _RUN.train_split, "Training split, in tfds slicing syntax.")
 flags.DEFINE_string("val_split", _RUN.val_split, "Validation split, in tfds slicing syntax.")
 flags.DEFINE_string("test_split", _RUN.test_split, "Test split, in tfds slicing syntax; empty for none.")
-flags.DEFINE_integer("image_size", _PIPELINE.image_size, "Images are resized to image_size x image_size.")
+flags.DEFINE_integer(
+    "image_size",
+    None,
+    "Images are resized to image_size x image_size; default: the size the backbone's ImageNet weights were "
+    "trained at (224 for every built-in backbone).",
+)
 flags.DEFINE_integer("batch_size", _PIPELINE.batch_size, "Global batch size.")
 flags.DEFINE_string(
     "cache", _PIPELINE.cache, "Cache of resized uint8 images: memory, none, or a folder for a file cache."

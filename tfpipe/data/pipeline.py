@@ -50,7 +50,9 @@ PREFETCH_BATCHES = 2
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    image_size: int = 160
+    # None: the backbone's own size (backbones.Backbone.native_size), filled in by the run that
+    # knows its backbone (TrainConfig.resolved); a pipeline is only built at a known size.
+    image_size: int | None = None
     batch_size: int = 32
     cache: str = CACHE_MEMORY  # "memory", "none" or a folder for tf.data's file cache
     shuffle_buffer: int = 1000  # 0: the whole split
@@ -58,14 +60,18 @@ class PipelineConfig:
     jpeg_dct_scaling: bool = True
 
     def __post_init__(self):
-        if self.image_size <= 0:
-            raise TfpipeError(f"--image_size={self.image_size} must be a positive number of pixels, e.g. 160")
+        if self.image_size is not None and self.image_size <= 0:
+            raise TfpipeError(f"--image_size={self.image_size} must be a positive number of pixels, e.g. 224")
         if self.batch_size <= 0:
             raise TfpipeError(f"--batch_size={self.batch_size} must be a positive number of images, e.g. 32")
         if self.shuffle_buffer < 0:
             raise TfpipeError(f"--shuffle_buffer={self.shuffle_buffer} must be 0 (whole split) or positive")
         if not self.cache:
             raise TfpipeError("--cache must be 'memory', 'none' or a folder path")
+
+    def sized(self, default_size: int) -> PipelineConfig:
+        """This config at its own image size, or at `default_size` when it has none."""
+        return self if self.image_size is not None else dataclasses.replace(self, image_size=default_size)
 
     def check_cache_folder(self) -> None:
         """A file cache's folder is created and writable now, before long work; TfpipeError if not."""
@@ -142,6 +148,8 @@ def build(
     if max_examples is not None:
         dataset = dataset.take(max_examples)
     size = config.image_size
+    if size is None:
+        raise ValueError("PipelineConfig.image_size is None: size the config first (PipelineConfig.sized)")
     dataset = dataset.map(
         lambda encoded, label: (decode_and_resize(encoded, size, config.jpeg_dct_scaling), label),
         num_parallel_calls=tf.data.AUTOTUNE,

@@ -116,7 +116,7 @@ class TrainConfig:
         for flag in ("train_split", "val_split", "test_split"):
             if getattr(self, flag):
                 splits.parse(getattr(self, flag), flag=flag)
-        backbones.get(self.backbone).check(self.pipeline.image_size, self.alpha)
+        backbones.get(self.backbone).check(self.image_size, self.alpha)
         steps = augment.parse(self.augment)
         augment.check_placement(self.augment_on, data_service=self.data_service is not None)
         if self.jit_compile and self.augment_on == "model" and any(name == "rotation" for name, _ in steps):
@@ -127,6 +127,20 @@ class TrainConfig:
         self.pipeline.check_cache_folder()
         distribute.check_strategy(self.strategy)
         self.service()
+
+    @property
+    def image_size(self) -> int:
+        """--image_size, or the backbone's own when it is unset."""
+        return backbones.get(self.backbone).image_size(self.pipeline.image_size)[0]
+
+    def image_size_line(self) -> str:
+        """The run's line on its image size: which, and why."""
+        return backbones.get(self.backbone).image_size(self.pipeline.image_size)[1]
+
+    def resolved(self) -> TrainConfig:
+        """This config at its image size (the backbone's own when unset): what the run's pipelines,
+        model and fingerprint use, so a resumed run matches however the size was given."""
+        return dataclasses.replace(self, pipeline=self.pipeline.sized(self.image_size))
 
     def service(self) -> service_lib.DataService | None:
         return service_lib.optional_service(self.data_service, self.data_service_sharding, self.data_service_timeout)

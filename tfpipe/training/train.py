@@ -58,6 +58,8 @@ def train(
     """
     started = time.monotonic()
     config.validate()
+    image_size_line = config.image_size_line()
+    config = config.resolved()
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
     strategy = strategy or distribute.make_strategy(config.strategy)
     placement = distribute.Placement.of(strategy)
@@ -71,7 +73,7 @@ def train(
             dataset=str(dataset),
             offline_dataset=dataset.is_local,
         )
-        _log_start(log, config, weights, strategy, placement, run_dir)
+        _log_start(log, image_size_line, weights, strategy, placement, run_dir)
         distribute.per_replica_batch(config.pipeline.batch_size, placement.num_replicas)
         if config.pipeline.seed is not None:
             keras.utils.set_random_seed(config.pipeline.seed)  # before any weight is created
@@ -113,8 +115,9 @@ def _model_dir(config: TrainConfig, placement) -> str:
     return os.path.join(config.model_dir, "workers", placement.task)
 
 
-def _log_start(log, config, weights, strategy, placement, run_dir) -> None:
+def _log_start(log, image_size_line, weights, strategy, placement, run_dir) -> None:
     log(f"Weights: {weights.description}")
+    log(image_size_line)
     if placement.num_replicas > 1 or placement.task:
         log(
             f"Strategy: {type(strategy).__name__}, {placement.num_replicas} replicas"
@@ -469,6 +472,7 @@ def results_record(
             finetune.FINE_TUNE: round(phase_seconds.get(finetune.FINE_TUNE, 0.0), 2),
             "total": round(max(seconds_this_call, trained_seconds), 2),
         },
+        "image_size": config.pipeline.image_size,
         "fine_tune_at": base.fine_tune_index,
         "fast_feature_extraction": config.uses_fast_feature_extraction,
         "cached_fine_tuning": cached_boundary,  # where phase 2 cached activations, or None (end to end)

@@ -53,7 +53,22 @@ class Backbone:
     name: str
     application: Callable[..., keras.Model]
     scaling: Callable[[], keras.layers.Layer] | None  # None: the base scales its own input
+    # The image size its ImageNet weights were trained at (Keras' default input size for the
+    # keras.applications): a run's --image_size when none is given. Smaller loses accuracy on
+    # real photos that more epochs do not win back (BUILD_NOTES.md, "Image size").
+    native_size: int
     takes_alpha: bool = False
+
+    def image_size(self, requested: int | None) -> tuple[int, str]:
+        """The size a run uses, and a line saying which and why: `requested` (--image_size) when
+        given, else this base's own."""
+        if requested is None:
+            return self.native_size, (
+                f"Image size: {self.native_size} px, the size {self.name}'s ImageNet weights were trained at "
+                "(--image_size sets another)"
+            )
+        note = "" if requested == self.native_size else f"; {self.name}'s own is {self.native_size}"
+        return requested, f"Image size: {requested} px (--image_size{note})"
 
     def check(self, image_size: int, alpha: float) -> None:
         if image_size < MIN_IMAGE_SIZE:
@@ -94,16 +109,16 @@ class Backbone:
 
 
 BACKBONES = {
-    "efficientnet_lite0": Backbone(
-        "efficientnet_lite0",
-        efficientnet_lite.EfficientNetLite0,
-        _lite_scaling,
+    # Google's Lite0 checkpoint was trained at 224 px (efficientnet_lite.py), as Model Maker trains it.
+    "efficientnet_lite0": Backbone("efficientnet_lite0", efficientnet_lite.EfficientNetLite0, _lite_scaling, 224),
+    # Keras also ships MobileNetV2 weights for 96-192 px; 224 is its default and its largest.
+    "mobilenet_v2": Backbone(
+        "mobilenet_v2", keras.applications.MobileNetV2, _symmetric_scaling, 224, takes_alpha=True
     ),
-    "mobilenet_v2": Backbone("mobilenet_v2", keras.applications.MobileNetV2, _symmetric_scaling, takes_alpha=True),
     # EfficientNet rescales and normalizes its [0, 255] input inside the base.
-    "efficientnet_b0": Backbone("efficientnet_b0", keras.applications.EfficientNetB0, None),
-    "vgg16": Backbone("vgg16", keras.applications.VGG16, CaffeScaling),
-    "resnet50": Backbone("resnet50", keras.applications.ResNet50, CaffeScaling),
+    "efficientnet_b0": Backbone("efficientnet_b0", keras.applications.EfficientNetB0, None, 224),
+    "vgg16": Backbone("vgg16", keras.applications.VGG16, CaffeScaling, 224),
+    "resnet50": Backbone("resnet50", keras.applications.ResNet50, CaffeScaling, 224),
 }
 
 
