@@ -166,7 +166,13 @@ def test_train_cli_reads_a_csv_dataset_and_evaluate_reopens_it(tmp_path):
     assert results["class_names"] == ["cat", "dog"] and results["class_counts"] == {"cat": 6, "dog": 6}
     evaluated = run_tool("evaluate", f"--model_dir={model_dir}", "--split=train[:25%]")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert os.path.isfile(model_dir / "evaluation" / "train_25" / "report.json")
+    report = read_json(model_dir / "evaluation" / "train_25" / "report.json")
+    # The CSV's first quarter (6 of 24 rows kept), each image counted once; the accuracy is the
+    # share of the confusion matrix's diagonal, as printed.
+    matrix = report["confusion_matrix"]
+    assert report["examples"] == sum(map(sum, matrix)) == 6 and report["class_names"] == ["cat", "dog"]
+    assert report["accuracy"] == pytest.approx((matrix[0][0] + matrix[1][1]) / 6)
+    assert f"accuracy {report['accuracy']:.3f}" in evaluated.stdout
 
 
 def test_train_cli_refuses_a_bad_column_in_one_line(tmp_path):

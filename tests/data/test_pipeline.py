@@ -66,15 +66,16 @@ def test_evaluation_batches_keep_every_example_in_order(tiny_source):
     assert bench.batch_fingerprints(dataset, 4) == bench.batch_fingerprints(dataset, 4)
 
 
-@pytest.mark.parametrize("cache", ["memory", "file", "none"])
+@pytest.mark.parametrize("cache", ["memory", "store", "none", "auto"])
 def test_cached_contents_are_stable_while_the_order_changes(tiny_source, tmp_path, cache):
-    config = _config(cache=str(tmp_path / "cache") if cache == "file" else cache)
+    config = _config(cache=str(tmp_path / "cache") if cache == "store" else cache)
     dataset = pipeline.build(tiny_source, SPLIT, config, training=True)
     first, second = fingerprints(dataset), fingerprints(dataset)
     assert sorted(first) == sorted(second)  # the same 32 images each epoch
     assert first != second  # in a new order
-    if cache == "file":
-        assert any(name.endswith(".index") for name in os.listdir(tmp_path / "cache"))
+    if cache == "store":
+        (folder,) = os.listdir(tmp_path / "cache")
+        assert "manifest.json" in os.listdir(tmp_path / "cache" / folder)
 
 
 def test_the_shuffle_buffer_bounds_how_far_an_image_moves_forward(tiny_source):
@@ -130,15 +131,6 @@ def test_the_classic_baselines_differ_only_in_parallelism(tiny_source):
     np.testing.assert_allclose(serial, parallel, rtol=1e-6)
     with pytest.raises(ValueError, match="unknown classic mode"):
         bench.classic_pipeline(tiny_source, SPLIT, 32, 8, mode="threaded")
-
-
-def test_stale_file_cache_lock_from_a_killed_run_is_removed(tiny_source, tmp_path):
-    config = _config(cache=str(tmp_path))
-    prefix = pipeline.cache_file_prefix(config, tiny_source.name, SPLIT)
-    with open(f"{prefix}_0.lockfile", "w") as lock:
-        lock.write("left by a killed run")
-    dataset = pipeline.build(tiny_source, SPLIT, config, training=True)
-    assert len(fingerprints(dataset)) == 32
 
 
 def test_max_examples_bounds_the_split(tiny_source):

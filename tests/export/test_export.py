@@ -10,7 +10,7 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from helpers.images import write_image
+from helpers.images import imbalanced_folder, write_image
 from helpers.runs import read_json
 from helpers.tools import assert_one_line_error, run_tool
 
@@ -108,7 +108,10 @@ def test_each_format_is_exported_predicted_and_evaluated(
     assert open(os.path.join(small_run, "exported", "labels.txt")).read().split("\n") == ["ellipse", "rectangle", ""]
     assert record["format"] == model_format and record["quantization"] == quantize
     assert record["class_names"] == ["ellipse", "rectangle"] and record["image_size"] == 32
-    assert record["input"] == {"name": "image", "dtype": "uint8", "shape": [None, 32, 32, 3]}
+    assert record["input"]["dtype"] == "uint8" and record["input"]["shape"] == [None, 32, 32, 3]
+    assert "Resize the whole image to 32 x 32 with bilinear interpolation, stretching it" in record["input"]["expects"]
+    assert record["preprocessing"]["image_size"] == 32 and record["preprocessing"]["jpeg_dct_scaling"] is True
+    assert record["output"]["kind"] == "probabilities" and record["output"]["shape"] == [None, 2]
     assert record["command"] == "export_model --test"
     if model_format != "saved_model":
         assert record["bytes"] == os.path.getsize(path) and record["sha256"] == _sha256(path)
@@ -118,18 +121,23 @@ def test_each_format_is_exported_predicted_and_evaluated(
         if quantize == "none":
             assert not stored & {"float16", "int8"}
     assert record["representative_images"] == (20 if quantize == "int8" else None)
-    assert record["check"]["images"] == 4 and record["check"]["split"] == "train[80%:90%]"
-    if quantize == "none":
-        assert record["check"]["top1_agreement"] == 1.0 and record["check"]["max_logit_difference"] < 1e-4
+    check = record["check"]
+    assert check["images"] == 4 and check["split"] == "train[80%:90%]" and check["passed"]
+    assert check["max_accuracy_drop"] == exporter.MAX_ACCURACY_DROP[quantize]
+    assert check["accuracy_drop"] == pytest.approx(100 * (check["keras_accuracy"] - check["exported_accuracy"]))
+    # Every quantization agrees with the Keras model on the 4 validation images, probabilities within its tolerance.
+    assert check["top1_agreement"] == 1.0 and check["max_probability_difference"] <= TOLERANCE[quantize]
 
     # predict needs only the file: the class names come from its record.
     exported = predict.load(None, path)
     assert exported.runtime == model_format and exported.class_names == ("ellipse", "rectangle")
+    assert exported.outputs == predict.PROBABILITIES and exported.preprocessing.image_size == 32
     rows = predict.predict(exported, photos)
-    # An image's logits do not depend on the images batched with it.
+    # An image's probabilities do not depend on the images batched with it.
     images = np.stack([np.asarray(keras.utils.load_img(p, target_size=(32, 32))) for p in photos]).astype(np.uint8)
-    one_at_a_time = np.concatenate([exported.logits(images[i : i + 1]) for i in range(len(images))])
-    np.testing.assert_allclose(exported.logits(images), one_at_a_time, atol=1e-5)
+    one_at_a_time = np.concatenate([exported.outputs_of(images[i : i + 1]) for i in range(len(images))])
+    np.testing.assert_allclose(exported.outputs_of(images), one_at_a_time, atol=1e-5)
+    np.testing.assert_allclose(exported.outputs_of(images).sum(axis=1), 1.0, atol=1e-2)
     expected_rows = predict.predict(predict.load(small_run), photos)
     for row, expected_row in zip(rows, expected_rows):
         assert dict(row.top) == pytest.approx(dict(expected_row.top), abs=TOLERANCE[quantize])
@@ -145,9 +153,16 @@ def test_each_format_is_exported_predicted_and_evaluated(
 
 
 @pytest.mark.slow
-def test_the_real_base_exports_to_int8_litert(finished_run, data_dir, tmp_path):
+def test_the_real_base_as_int8_litert_is_labelled_by_mediapipe_as_predict_labels_it(finished_run, data_dir, tmp_path):
     """EfficientNet-Lite0 as train left it, augmentation in the model: full-integer LiteRT,
-    calibrated on the training split, takes uint8 images and gives float logits."""
+    calibrated on the training split, takes uint8 images and gives float probabilities; MediaPipe
+    Tasks' ImageClassifier runs the file alone and names the classes from its metadata."""
+    import mediapipe
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from tfpipe.data import pipeline, sources
+    from tfpipe.export import litert_metadata
+
     config, _, _ = finished_run
     output = str(tmp_path / "lite0_int8.tflite")
     record = exporter.export_run(
@@ -160,11 +175,81 @@ def test_the_real_base_exports_to_int8_litert(finished_run, data_dir, tmp_path):
 
     interpreter = Interpreter(model_path=output)
     (image,) = interpreter.get_input_details()
-    (logits,) = interpreter.get_output_details()
-    assert np.dtype(image["dtype"]) == np.uint8 and np.dtype(logits["dtype"]) == np.float32
-    assert {"int8"} <= _stored_types(output, "litert")
-    assert record["check"]["top1_agreement"] >= 0.75  # 4 images; quantization may flip a close one
-    assert os.path.isfile(tmp_path / "labels.txt")
+    (probabilities,) = interpreter.get_output_details()
+    assert np.dtype(image["dtype"]) == np.uint8 and np.dtype(probabilities["dtype"]) == np.float32
+    assert list(probabilities["shape"]) == [1, 2] and {"int8"} <= _stored_types(output, "litert")
+    assert record["check"]["passed"] and record["check"]["images"] == 4
+    metadata, packed = litert_metadata.read(open(output, "rb").read())
+    assert metadata[4:8] == b"M001" and packed == {"labels.txt": b"ellipse\nrectangle\n"}
+
+    # The validation and test images as the run decoded them, saved losslessly at the model's size.
+    source = sources.open_source(config.dataset, data_dir)
+    reading = pipeline.PipelineConfig.reading(predict.load(config.model_dir).preprocessing, batch_size=8)
+    paths = []
+    for split in (config.val_split, config.test_split):
+        for batch, _ in pipeline.build(source, split, reading, training=False).as_numpy_iterator():
+            for pixels in batch:
+                paths.append(str(tmp_path / f"{len(paths)}.png"))
+                write_image(paths[-1], pixels, "png")
+    rows = predict.predict(predict.load(None, output), paths, top_k=2)
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=output))
+    with vision.ImageClassifier.create_from_options(options) as mediapipe_classifier:
+        for path, row in zip(paths, rows):
+            (head,) = mediapipe_classifier.classify(mediapipe.Image.create_from_file(path)).classifications
+            labelled = [(category.category_name, category.score) for category in head.categories]
+            assert [name for name, _ in labelled] == [name for name, _ in row.top], path
+            assert [score for _, score in labelled] == pytest.approx([p for _, p in row.top], abs=1e-3)
+    assert len(paths) == 8
+
+
+def _brightness_run(tmp_path, small_run, data_dir):
+    """A run whose model is right on every validation image by construction: a folder of dark
+    (c0) and bright (c1) images, and a classifier whose logit is the image's mean brightness
+    less a threshold between the two. Made from the small run's files, its dataset pointed at it."""
+    import keras
+
+    folder = imbalanced_folder(tmp_path / "images", (12, 12), size=32, separation=150)
+    run = str(tmp_path / "bright_run")
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("exported", "evaluation"))
+    state = os.path.join(run, "checkpoint", "state.json")
+    saved = read_json(state)
+    saved["fingerprint"].update(dataset=f"folder:{folder}", train_split="train[:50%]", val_split="train[50%:]")
+    with open(state, "w") as out:
+        json.dump(saved, out)
+    results = read_json(os.path.join(run, "results.json"))
+    with open(os.path.join(run, "results.json"), "w") as out:
+        json.dump(dict(results, class_names=["c0", "c1"]), out)
+    base = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Identity()], name="identity_base")
+    model = classifier.build_classifier(backbones.get("efficientnet_lite0"), base, 32, 2, dropout=0.0)
+    # Lite scaling maps pixel p to (p - 127) / 128; c0 sits near 100, c1 near 250: threshold at 175.
+    kernel, bias = model.get_layer("logits").weights
+    kernel.assign(np.full((3, 1), 10.0, "float32"))
+    bias.assign(np.full((1,), -30.0 * (175 - 127) / 128, "float32"))
+    model.save(os.path.join(run, "best.keras"))
+    return run
+
+
+def test_an_export_that_loses_accuracy_fails_and_leaves_no_file(small_run, data_dir, tmp_path, monkeypatch):
+    run = _brightness_run(tmp_path, small_run, data_dir)
+    output = str(tmp_path / "bright.tflite")
+    record = exporter.export_run(_config(run, data_dir, output=output), log=lambda line: None)
+    assert record["check"]["keras_accuracy"] == record["check"]["exported_accuracy"] == 1.0
+    assert record["check"]["images"] == 12 and record["check"]["passed"]
+    # The same export, its file made to call every image the other class: 100 points lower.
+    write = formats.write
+
+    def swapped(model, path, *args):
+        import keras
+
+        flipped = keras.Model(model.input, keras.ops.flip(model.output, axis=-1))
+        write(flipped, path, *args)
+
+    monkeypatch.setattr(formats, "write", swapped)
+    refused = str(tmp_path / "swapped.tflite")
+    with pytest.raises(TfpipeError, match=r"scores 0\.0% on 12 train\[50%:\] images against the Keras model's 100\.0%"):
+        exporter.export_run(_config(run, data_dir, output=refused, max_accuracy_drop=50), log=lambda line: None)
+    assert not os.path.exists(refused) and not os.path.exists(refused + ".json")
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".tmp")] == []
 
 
 @pytest.mark.slow
@@ -175,7 +260,8 @@ def test_the_tool_exports_the_real_base_to_onnx_and_predict_runs_it(finished_run
     result = run_tool("export_model", *args, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Wrote lite0.onnx: onnx, quantization none" in result.stdout
-    assert "agrees with the Keras model on 100.0% of 4" in result.stdout
+    assert "check on 4 train[80%:90%] images: accuracy" in result.stdout
+    assert "agrees with the Keras model on 100.0%" in result.stdout
     assert read_json(output + ".json")["command"].endswith(" ".join(args))
     photo = str(tmp_path / "photo.png")
     write_image(photo, np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8), "png")
@@ -200,6 +286,8 @@ def _config(run, data_dir, **overrides):
         ({"quantize": "int8", "representative_images": 5}, "too few to calibrate int8 ranges; give at least 20"),
         ({"output": "model.onnx"}, "a litert model is a .tflite file"),
         ({"format": "saved_model", "output": "model.tflite"}, "a SavedModel is a folder"),
+        ({"check_images": 0}, "--check_images=0: the check needs at least one validation image"),
+        ({"max_accuracy_drop": -1.0}, "--max_accuracy_drop=-1.0 must be 0 or more accuracy points"),
     ],
 )
 def test_bad_settings_are_one_line_before_the_model_loads(small_run, data_dir, overrides, message):
@@ -246,6 +334,9 @@ def test_a_missing_package_is_named_with_the_extra_to_install(small_run, data_di
         from tfpipe.inference import runtimes
 
         runtimes.open_model("x.tflite", "litert")
+    # The check runs every export with its own runtime: without it the export is refused, not unchecked.
+    with pytest.raises(TfpipeError, match=r"checking a litert export needs the ai-edge-litert package.*tfpipe\[export\]"):
+        exporter.export_run(_config(small_run, data_dir), log=lambda line: None)
 
 
 def test_a_failing_onnx_conversion_names_its_cause_and_the_versions(tmp_path):
@@ -265,7 +356,7 @@ def test_an_exported_file_without_its_record_or_from_another_run(small_run, data
     record_less = str(tmp_path / "alone.onnx")
     shutil.copy(exported, record_less)
     with pytest.raises(
-        TfpipeError, match="its record .*alone.onnx.json \\(class names\\) is missing; give --model_dir"
+        TfpipeError, match="its record .*alone.onnx.json \\(class names, preprocessing\\) is missing"
     ):
         predict.load(None, record_less)
     assert predict.load(small_run, record_less).class_names == ("ellipse", "rectangle")  # names from the run
@@ -276,7 +367,8 @@ def test_an_exported_file_without_its_record_or_from_another_run(small_run, data
         predict.load(str(other), exported)
     broken = tmp_path / "broken.tflite"
     broken.write_bytes(b"not a flatbuffer")
-    (tmp_path / "broken.tflite.json").write_text(json.dumps({"class_names": ["a", "b"]}))
+    record = read_json(exported + ".json")
+    (tmp_path / "broken.tflite.json").write_text(json.dumps(dict(record, class_names=["a", "b"])))
     with pytest.raises(TfpipeError, match="is not a litert model its runtime can load"):
         predict.load(None, str(broken))
 

@@ -98,3 +98,33 @@ def test_the_evaluate_tool(finished_run, data_dir):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Evaluation (" in result.stdout and "ellipse: precision" in result.stdout
     assert_one_line_error(run_tool("evaluate", timeout=120), "evaluate", "--model_dir is required")
+
+
+@pytest.mark.slow
+def test_a_run_without_dct_scaling_evaluates_as_it_trained(tmp_path, data_dir):
+    """evaluate reads the run's preprocessing (preprocessing.json): a run trained with
+    jpeg_dct_scaling off scores the same test loss in evaluate as in results.json. Decoded
+    with the default (DCT scaling on), several of the tiny test images get other pixels."""
+    import dataclasses
+
+    import tensorflow as tf
+    from helpers.runs import TINY, TINY_PIPELINE, tiny_train_config
+
+    from tfpipe.data import pipeline, sources
+    from tfpipe.training.train import train
+
+    no_scaling = dataclasses.replace(TINY_PIPELINE, jpeg_dct_scaling=False)
+    config = tiny_train_config(tmp_path, data_dir, pipeline=no_scaling, initial_epochs=1, fine_tune_epochs=0)
+    results = train(config, log=lambda line: None)
+    assert read_json(os.path.join(config.model_dir, "preprocessing.json"))["jpeg_dct_scaling"] is False
+    result, _ = evaluation.evaluate_run(config.model_dir, data_dir=data_dir)
+    assert result["examples"] == results["examples"]["test"]
+    assert result["accuracy"] == results["test_accuracy"]
+    assert result["loss"] == pytest.approx(results["test_loss"], rel=1e-5, abs=1e-6)
+    # The check can fail: the same test images decoded the default way differ.
+    source = sources.open_source(TINY, data_dir)
+    other = [
+        np.concatenate([images.numpy() for images, _ in pipeline.build(source, config.test_split, c, training=False)])
+        for c in (dataclasses.replace(no_scaling, cache="none"), dataclasses.replace(TINY_PIPELINE, cache="none"))
+    ]
+    assert tf.reduce_any(other[0] != other[1])

@@ -12,6 +12,7 @@ from helpers.runs import read_json
 from helpers.tools import assert_one_line_error, run_tool
 
 from tfpipe.errors import TfpipeError
+from tfpipe.data import preprocessing
 from tfpipe.inference import predict
 
 # Tests that share the session's finished run go to one test process, which builds it once.
@@ -27,13 +28,14 @@ def binary_run(finished_run):
 @pytest.fixture(scope="module")
 def multiclass_run(tmp_path_factory):
     """A run directory as train leaves it, holding an untrained five-class model: what predict
-    reads of a run is the model and results.json, whatever the training was."""
+    reads of a run is the model, results.json and preprocessing.json, whatever the training was."""
     model_dir = tmp_path_factory.mktemp("multiclass")
     inputs = keras.Input((32, 32, 3), dtype="uint8")
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
     keras.Model(inputs, keras.layers.Dense(5)(features)).save(model_dir / "best.keras")
     names = ["circle", "ellipse", "rectangle", "square", "triangle"]
     (model_dir / "results.json").write_text(json.dumps({"class_names": names, "num_classes": 5}))
+    preprocessing.write(str(model_dir), preprocessing.Preprocessing(32))
     return str(model_dir)
 
 
@@ -79,7 +81,7 @@ def test_multiclass_top_k_is_ordered_and_sums_to_one(multiclass_run, images):
         assert sum(probabilities) == pytest.approx(1.0)
         assert sorted(name for name, _ in row.top) == sorted(trained.class_names)
     # The same images through the model directly: predict adds nothing but decoding.
-    batch = next(predict.decoded_batches([row.path for row in rows], trained.image_size, 8))[1]
+    batch = next(predict.decoded_batches([row.path for row in rows], trained.preprocessing, 8))[1]
     direct = keras.activations.softmax(trained.model(batch, training=False)).numpy()
     assert rows[0].top[0][1] == pytest.approx(direct[0].max(), rel=1e-5)
 

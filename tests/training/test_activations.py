@@ -82,20 +82,19 @@ def test_one_step_on_cached_activations_gives_the_weights_of_one_step_end_to_end
 
 
 @pytest.mark.slow
-def test_a_cached_run_ends_where_an_end_to_end_run_does_and_the_memory_limit_falls_back(
-    tmp_path, data_dir, monkeypatch
-):
+def test_a_cached_run_ends_where_an_end_to_end_run_does_and_the_memory_budget_falls_back(tmp_path, data_dir):
     """One batch per epoch (the 32 training images) and no dropout: both paths take the same
-    steps, so the whole model must end the same. The second run is over the memory limit."""
+    steps, so the whole model must end the same. The second run's budget (50 KiB) holds the stored
+    features (36 x 32 floats, 7 KiB at their peak of 1.5x) but not the activations (36 x 8x8x16
+    floats, 216 KiB at their peak) nor the decoded images (130 KiB at theirs): phase 2 trains end
+    to end, reading the decoded store on disk."""
     import os
 
     from tfpipe.data.pipeline import PipelineConfig
     from tfpipe.training.train import train
 
     runs = {}
-    for name, limit in (("cached", None), ("over_limit", 1000)):
-        if limit is not None:
-            monkeypatch.setattr(activations, "memory_limit", lambda: limit)
+    for name, budget in (("cached", None), ("over_budget", "50KB")):
         logged = []
         config = tiny_train_config(
             tmp_path / name,
@@ -105,15 +104,22 @@ def test_a_cached_run_ends_where_an_end_to_end_run_does_and_the_memory_limit_fal
             pipeline=PipelineConfig(image_size=32, batch_size=32, seed=1),
             initial_epochs=1,
             fine_tune_epochs=2,
+            memory_budget=budget,
         )
         results = train(config, log=logged.append)
         runs[name] = (results, logged, keras.models.load_model(os.path.join(config.model_dir, "final.keras")))
-    (cached, cached_log, cached_model), (fallback, fallback_log, fallback_model) = runs["cached"], runs["over_limit"]
+    (cached, cached_log, cached_model), (fallback, fallback_log, fallback_model) = runs["cached"], runs["over_budget"]
     assert cached["cached_fine_tuning"] == "block1_project_bn (8x8x16, float32)"  # the tiny test base's
     below = f"Cached fine-tuning: the frozen layers below {tiny_backbone.FINE_TUNE_AT} run once over 36 images"
     assert any(line.startswith(below) for line in cached_log)
-    assert fallback["cached_fine_tuning"] is None
-    assert any(line.startswith("Fine-tuning end to end: the activations at") for line in fallback_log)
+    assert "Cache: none needed: both phases train on stored outputs of the frozen layers" in cached_log
+    assert fallback["fast_feature_extraction"] and fallback["cached_fine_tuning"] is None
+    assert "Memory budget for data: 50 KiB, --memory_budget=50KB" in fallback_log
+    off = "Cached fine-tuning off, this phase trains end to end: the activations at block1_project_bn"
+    assert any(line.startswith(off) and "216 KiB at their peak" in line for line in fallback_log), fallback_log
+    store_root = os.path.join(data_dir, "tfpipe_store")
+    assert any(line.startswith(f"Cache: a decoded store on disk in {store_root}: 36 decoded images") for line in fallback_log)
+    assert fallback["cache"] == store_root and os.listdir(store_root)
     for a, b in zip(cached_model.weights, fallback_model.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5, err_msg=a.path)
     assert cached["test_accuracy"] == pytest.approx(fallback["test_accuracy"])

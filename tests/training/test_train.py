@@ -78,7 +78,13 @@ def test_epochs_are_numbered_1_to_n_across_both_phases(tmp_path, data_dir):
     assert results["num_classes"] == 2
     best = min(history, key=lambda r: r["val_loss"])["epoch"]
     assert results["best_epoch"] == best
-    assert 0 <= results["test_accuracy"] <= 1 and math.isfinite(results["test_loss"])
+    # The test scores are those of the evaluation report written beside them: its accuracy is the
+    # share of its confusion matrix's diagonal, its examples the test split's.
+    report = read_json(os.path.join(config.model_dir, "evaluation", "report.json"))
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.sum() == report["examples"] == results["examples"]["test"] == 4
+    assert results["test_accuracy"] == report["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert results["test_loss"] == pytest.approx(report["loss"], rel=1e-5) and math.isfinite(results["test_loss"])
 
 
 def test_resume_after_an_interruption_continues_in_the_right_phase_with_its_optimizer(tmp_path, data_dir):

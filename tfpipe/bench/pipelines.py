@@ -17,7 +17,8 @@ from typing import Callable
 
 import tensorflow as tf
 
-from tfpipe.data import file_index, pipeline, sources
+from tfpipe import memory
+from tfpipe.data import file_index, pipeline, sources, store
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 
@@ -45,6 +46,8 @@ def compare(
     augmentation=None,
     service: service_lib.DataService | None = None,
     baselines=CLASSIC_MODES,
+    budget: memory.MemoryBudget | None = None,
+    store_root: str | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict:
@@ -52,12 +55,18 @@ def compare(
 
     open_source: opens the dataset; it is timed as part of the start-up (from
       here to tfpipe's first batch), which is what a training run pays too.
+    budget, store_root: with config.cache "auto", the split goes to memory when it fits
+      `budget` (default: the process's, tfpipe.memory), else to a decoded store in
+      `store_root`. A store's writing is part of tfpipe's cold epoch, and then the
+      memory cache is measured beside it when the split fits this machine's memory.
     The order matters: tfpipe's start-up first (cold files, the index cache as
     found); then one pass reads every file, so every pipeline finds them in the
     OS page cache; then tfpipe's epochs, before the classic ones, so its peak
     memory is its own.
     """
-    start = _StartUp.measure(open_source, split, config, max_batches, augmentation, service)
+    budget = budget or memory.MemoryBudget.detect()
+    start = _StartUp.measure(open_source, split, config, max_batches, augmentation, service, budget, store_root, log)
+    config = start.config
     log(f"Dataset {start.source.name}, split {split}: {start.num_images} images; {cores()} cores")
     log(
         f"Start-up: {start.seconds['total']:.2f} s to the first batch ({start.seconds['index']:.2f} s opening and "
@@ -73,7 +82,10 @@ def compare(
         tfpipe_epochs = measure("tfpipe", start.dataset)
         tfpipe_peak = peak_rss_mb()
         reshuffled = epochs_reshuffled(start.dataset)
-    cached_mb = start.num_images * config.image_size**2 * 3 / 2**20  # the uint8 images a memory cache holds
+    on_disk = config.cache not in pipeline.CACHE_CHOICES
+    if start.wrote_store:  # the store was written while the pipeline was built: the cold epoch pays for it
+        tfpipe_epochs[0] = Epoch(tfpipe_epochs[0].images, tfpipe_epochs[0].seconds + start.seconds["build"])
+    cached_mb = start.num_images * config.image_bytes / 2**20  # the uint8 images a memory cache holds
     results = {
         "tfpipe": _rates(tfpipe_epochs),
         "start_up_seconds": start.seconds,
@@ -84,6 +96,11 @@ def compare(
         "dataset": start.source.name,
         "split": split,
         "cache": config.cache,
+        "cache_line": start.cache_line,
+        "memory_budget_bytes": budget.bytes,
+        "store": {"folder": config.cache, "written": start.wrote_store, "seconds": start.seconds["build"]}
+        if on_disk
+        else None,
         "epochs": epochs,
         "jpeg_dct_scaling": config.jpeg_dct_scaling,
         "augment_in_pipeline": augmentation is not None,
@@ -95,6 +112,12 @@ def compare(
         "cached_images_mb": round(cached_mb, 1),
         "rss_over_idle_per_cached_mb": round((tfpipe_peak - idle_rss) / cached_mb, 2),
     }
+    if on_disk and pipeline.fits_in_memory(start.num_images, config.image_bytes, memory.MemoryBudget.detect()):
+        in_memory = dataclasses.replace(config, cache=pipeline.CACHE_MEMORY)
+        memory_ds = pipeline.build(
+            start.source, split, in_memory, training=True, augmentation=augmentation, max_examples=start.max_examples
+        )
+        results["memory_cache"] = {**_rates(measure("tfpipe, memory cache", memory_ds)), "peak_rss_mb": peak_rss_mb()}
     for mode in baselines:
         classic_ds = classic_pipeline(
             start.source, split, config.image_size, config.batch_size, max_examples=start.max_examples, mode=mode
@@ -112,9 +135,14 @@ class _StartUp:
     max_examples: int | None
     dataset: tf.data.Dataset
     seconds: dict
+    config: pipeline.PipelineConfig  # with its cache chosen
+    cache_line: str | None
+    wrote_store: bool  # the pipeline wrote a decoded store (seconds["build"]) rather than reading one
 
     @classmethod
-    def measure(cls, open_source, split, config, max_batches, augmentation, service) -> _StartUp:
+    def measure(
+        cls, open_source, split, config, max_batches, augmentation, service, budget, store_root, log
+    ) -> _StartUp:
         started = time.monotonic()
         source = open_source()
         num_images = sources.describe(source, flags={"train": "train_split"}, train=split).num_examples["train"]
@@ -126,18 +154,37 @@ class _StartUp:
                 f"{split} gives {num_images} images, fewer than one batch of --batch_size={config.batch_size}"
             )
         max_examples = num_images if max_batches is not None else None
+        cache_line = None
+        if service is None and config.cache == pipeline.CACHE_AUTO:
+            root = store_root or os.path.join(sources.default_data_dir(), store.STORE_DIR)
+            cache, cache_line = pipeline.choose_cache(
+                config.cache, num_images, config.image_bytes, memory.Ledger(budget), root
+            )
+            config = dataclasses.replace(config, cache=cache)
+            log(cache_line)
+        said = []
         dataset = pipeline.build(
-            source, split, config, training=True, augmentation=augmentation, max_examples=max_examples, service=service
+            source,
+            split,
+            config,
+            training=True,
+            augmentation=augmentation,
+            max_examples=max_examples,
+            service=service,
+            log=lambda line: said.append(line) or log(line),
         )
+        built = time.monotonic()
+        wrote_store = any(line.startswith(store.WRITING) for line in said)
         with service_lib.watching(service):
             next(iter(dataset))
         first_batch = time.monotonic()
         seconds = {
             "index": round(indexed - started, 2),
+            "build": round(built - indexed, 2),  # a decoded store is written here
             "first_batch": round(first_batch - indexed, 2),
             "total": round(first_batch - started, 2),
         }
-        return cls(source, num_images, max_examples, dataset, seconds)
+        return cls(source, num_images, max_examples, dataset, seconds, config, cache_line, wrote_store)
 
 
 def _baseline_record(mode: str, epochs: list[Epoch], tfpipe_rates: dict) -> dict:
@@ -315,12 +362,21 @@ def epochs_reshuffled(dataset: tf.data.Dataset, batches: int = 3) -> bool:
 
 
 def current_rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return peak_rss_mb()
+    return _status_mb("VmRSS") or peak_rss_mb()
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that across
+    fork and exec, so a process started by a big one reports its parent's peak."""
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None

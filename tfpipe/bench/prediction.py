@@ -17,10 +17,10 @@ def measure(
     """images/s of predict and of the model alone on decoded batches (`repeats` alternated
     passes each, after warm-ups), and ms per image over the first `latency_images` images
     one per call."""
-    decoded = np.concatenate([images for _, images in predict.decoded_batches(paths, trained.image_size, batch_size)])
+    decoded = np.concatenate([images for _, images in predict.decoded_batches(paths, trained.preprocessing, batch_size)])
     batches = [decoded[i : i + batch_size] for i in range(0, len(decoded), batch_size)]
     predict.predict(trained, paths[:batch_size], batch_size=batch_size)  # warm-ups
-    trained.logits(batches[0])
+    trained.outputs_of(batches[0])
     rates = {"predict": [], "direct": []}
     for _ in range(repeats):  # alternated, so a slow spell of the machine hits both sides
         started = time.perf_counter()
@@ -28,14 +28,14 @@ def measure(
         rates["predict"].append(sum(row.ok for row in rows) / (time.perf_counter() - started))
         started = time.perf_counter()
         for batch in batches:
-            trained.logits(batch)
+            trained.outputs_of(batch)
         rates["direct"].append(len(decoded) / (time.perf_counter() - started))
     singles = decoded[:latency_images]
-    trained.logits(singles[:1])
+    trained.outputs_of(singles[:1])
     seconds = []
     for image in singles:
         started = time.perf_counter()
-        trained.logits(image[np.newaxis])
+        trained.outputs_of(image[np.newaxis])
         seconds.append(time.perf_counter() - started)
     return {
         "model": trained.path,

@@ -1,24 +1,33 @@
 """bench_input: images/s of the classic tutorial pipeline and of tfpipe's, on the same data.
 
     bench_input --dataset=tfpipe_shapes/large --epochs=3 --json=bench.json
+    bench_input --dataset=tfpipe_shapes/large --memory_budget=256MB   # the decoded store on disk
 
 For each pipeline: the first (cold) epoch and the median of later (warm) epochs,
 and tfpipe's start-up to its first batch. The classic pipeline is measured twice:
 with no parallelism (the baseline of tfpipe's targets; "classic" and
 speedup_cold/speedup_warm in the JSON) and as it runs on TensorFlow's and tfds'
-default parallelism ("classic_tf_defaults"). The comparison itself is
-tfpipe.bench.pipelines.compare; this tool reads flags and prints.
+default parallelism ("classic_tf_defaults"). When the split does not fit --memory_budget,
+tfpipe's pipeline reads a decoded store on disk: its cold epoch includes writing the store,
+the memory cache is measured beside it where the split fits this machine, and a second
+process reads the store as the next run on the same data would ("second_process"). The
+comparison itself is tfpipe.bench.pipelines.compare; this tool reads flags and prints.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+import tempfile
 
 from absl import flags
 
+from tfpipe import memory
 from tfpipe.bench import pipelines as bench
 from tfpipe.cli import data_flags, errors, results_file
-from tfpipe.data import sources, splits
+from tfpipe.data import sources, splits, store
 from tfpipe.errors import TfpipeError
 from tfpipe.models import augment
 
@@ -34,11 +43,33 @@ flags.DEFINE_boolean(
     "classic", True, "Also measure the classic tutorial pipeline with no parallelism: the baseline of the targets."
 )
 flags.DEFINE_boolean(
+    "second_process",
+    True,
+    "When tfpipe's pipeline reads a decoded store, also measure a second process reading it (decoding nothing).",
+)
+flags.DEFINE_boolean(
     "classic_tf_defaults",
     True,
     "Also measure the classic pipeline as it runs on TensorFlow's and tfds' defaults (parallel decode and map).",
 )
 
+# What the second process reads again as this one did (the cache, the baselines and the output are its own).
+_SECOND_PROCESS_FLAGS = (
+    "dataset",
+    "data_dir",
+    "image_dir",
+    "csv_file_column",
+    "csv_label_column",
+    "train_split",
+    "image_size",
+    "batch_size",
+    "seed",
+    "jpeg_dct_scaling",
+    "max_batches",
+    "augment",
+    "augment_on",
+    "epochs",
+)
 # Each classic baseline's label in the table; its flag is named like its key in the results.
 _LABELS = {bench.CLASSIC_SERIAL: "classic (serial)", bench.CLASSIC_TF_DEFAULTS: "classic (TF defaults)"}
 
@@ -66,7 +97,9 @@ def run() -> dict:
         else None
     )
     config.check_cache_folder()
-    return bench.compare(
+    budget = memory.MemoryBudget.detect(FLAGS.memory_budget)
+    print(budget.describe())
+    results = bench.compare(
         lambda: sources.open_source(FLAGS.dataset, FLAGS.data_dir, data_flags.csv_options()),
         FLAGS.train_split,
         config,
@@ -75,13 +108,43 @@ def run() -> dict:
         augmentation=augmentation,
         service=data_service,
         baselines=[mode for mode, (key, _) in bench.BASELINE_RECORDS.items() if FLAGS[key].value],
+        budget=budget,
+        store_root=os.path.join(FLAGS.data_dir or sources.default_data_dir(), store.STORE_DIR),
     )
+    if results["store"] is not None and results["store"]["written"] and FLAGS.second_process:
+        results["second_process"] = _second_process(results["cache"])
+    return results
+
+
+def _second_process(store_root: str) -> dict:
+    """bench_input's tfpipe side again, in a new process reading the store this one wrote."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "second.json")
+        keep = [name for name in _SECOND_PROCESS_FLAGS if FLAGS[name].present]
+        command = [sys.executable, sys.argv[0], *[f"--{name}={FLAGS[name].serialize().split('=', 1)[1]}" for name in keep]]
+        command += [
+            f"--cache={store_root}",
+            "--noclassic",
+            "--noclassic_tf_defaults",
+            "--nosecond_process",
+            f"--json={out}",
+        ]
+        print("bench_input: a second process reads the store ...", flush=True)
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise TfpipeError(f"the second process failed: {result.stderr.strip().splitlines()[-1:]}")
+        with open(out) as f:
+            second = json.load(f)
+    return {**second["tfpipe"], "peak_rss_mb": second["peak_rss_mb"], "store": second["store"]}
 
 
 def format_table(results: dict) -> str:
     width = 28
     lines = [f"\n{'pipeline':<{width}}{'cold images/s':>16}{'warm images/s':>16}"]
-    rows = [(key, _LABELS[mode]) for mode, (key, _) in bench.BASELINE_RECORDS.items()] + [("tfpipe", "tfpipe")]
+    on_disk = results["store"] is not None
+    rows = [(key, _LABELS[mode]) for mode, (key, _) in bench.BASELINE_RECORDS.items()]
+    rows += [("tfpipe", "tfpipe (store on disk)" if on_disk else "tfpipe")]
+    rows += [("memory_cache", "tfpipe (memory cache)"), ("second_process", "tfpipe, 2nd process")]
     for key, label in rows:
         if key in results:
             r = results[key]
@@ -91,11 +154,36 @@ def format_table(results: dict) -> str:
         if key in results:
             cold, warm = results[f"speedup_cold{suffix}"], results.get(f"speedup_warm{suffix}")
             lines.append(f"{'tfpipe / ' + label:<{width}}{_column(cold, 'x')}{_column(warm, 'x')}")
-    lines.append(
-        f"peak RSS (tfpipe): {results['peak_rss_mb']:,.0f} MB; idle {results['idle_rss_mb']:,.0f} MB; "
-        f"+{results['peak_rss_mb'] - results['idle_rss_mb']:,.0f} MB = {results['rss_over_idle_per_cached_mb']:.2f}x "
-        f"the {results['cached_images_mb']:,.0f} MB of cached uint8 images (cache={results['cache']})"
-    )
+    over_idle = results["peak_rss_mb"] - results["idle_rss_mb"]
+    if on_disk:
+        lines.append(
+            f"peak RSS (tfpipe): {results['peak_rss_mb']:,.0f} MB; idle {results['idle_rss_mb']:,.0f} MB; +{over_idle:,.0f} MB "
+            f"with the {results['cached_images_mb']:,.0f} MB of decoded images on disk ({results['cache']})"
+        )
+    else:
+        lines.append(
+            f"peak RSS (tfpipe): {results['peak_rss_mb']:,.0f} MB; idle {results['idle_rss_mb']:,.0f} MB; "
+            f"+{over_idle:,.0f} MB = {results['rss_over_idle_per_cached_mb']:.2f}x the "
+            f"{results['cached_images_mb']:,.0f} MB of cached uint8 images (cache={results['cache']})"
+        )
+    if "memory_cache" in results:
+        lines.append(f"peak RSS after the memory cache too: {results['memory_cache']['peak_rss_mb']:,.0f} MB")
+    if results.get("cache_line"):
+        lines.append(results["cache_line"])
+    if on_disk and results["store"]["written"]:
+        write = results["num_images"] / results["store"]["seconds"]
+        warm = results["tfpipe"].get("warm_images_per_sec")
+        lines.append(
+            f"decoded store: written at {write:,.0f} images/s (decode and write, part of the cold epoch)"
+            + (f"; the warm epochs read it {warm / write:.1f}x as fast" if warm else "")
+        )
+    if "second_process" in results:
+        second = results["second_process"]
+        what = "wrote it again" if second["store"]["written"] else "decoded nothing"
+        lines.append(
+            f"second process: read the store in {second['store']['seconds']:.2f} s to open, {what}; "
+            f"peak RSS {second['peak_rss_mb']:,.0f} MB"
+        )
     lines.append(
         "epochs reshuffled: "
         + (

@@ -49,7 +49,16 @@ FLAGS.set_default("augment", "none")
 # Both sides at one size, the tutorial's unless told: the ratio then measures speed, not resolution.
 FLAGS.set_default("image_size", tutorial.IMAGE_SIZE)
 
-_DATA_FLAGS = ("dataset", "data_dir", "train_split", "val_split", "test_split", "image_size", "batch_size")
+_DATA_FLAGS = (
+    "dataset",
+    "data_dir",
+    "train_split",
+    "val_split",
+    "test_split",
+    "image_size",
+    "batch_size",
+    "memory_budget",  # the tutorial's pipeline caches nothing; tfpipe's side plans its stores by it
+)
 
 
 def main(argv):

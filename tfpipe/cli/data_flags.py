@@ -54,7 +54,18 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("batch_size", _PIPELINE.batch_size, "Global batch size.")
 flags.DEFINE_string(
-    "cache", _PIPELINE.cache, "Cache of resized uint8 images: memory, none, or a folder for a file cache."
+    "cache",
+    _PIPELINE.cache,
+    "Where the decoded, resized uint8 images are kept after the first epoch: auto (in memory when they fit "
+    "--memory_budget, else a decoded store on disk under DATA_DIR/tfpipe_store), memory, none, or a folder "
+    "for the decoded store.",
+)
+flags.DEFINE_string(
+    "memory_budget",
+    None,
+    "How much memory the data may hold (the image cache, the shuffle buffer, stored features and "
+    "activations), e.g. 256MB or 8GB; default: the container's limit or the available memory, whichever is "
+    "lower, less 2 GiB for TensorFlow and the model.",
 )
 flags.DEFINE_integer(
     "shuffle_buffer", _PIPELINE.shuffle_buffer, "Shuffle buffer in images; 0 shuffles the whole split."

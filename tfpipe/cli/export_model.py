@@ -8,11 +8,16 @@ browser or a server without TensorFlow.
     evaluate --model_dir=runs/default --model=runs/default/exported/best_int8.tflite
 
 Writes RUN/exported/<model>_<precision>.<tflite|onnx> (or <model>_saved_model/), labels.txt
-and a JSON record beside the model: format, quantization, input and output, class names,
-bytes, sha256, and how often it agrees with the Keras model on validation images.
-The exported model takes uint8 images (batch, size, size, 3) and gives logits, as the
-Keras model does. int8 calibrates on --representative_images images of the run's
-training split, decoded by tfpipe's pipeline.
+and a JSON record beside the model: format, quantization, what the input must be (the run's
+preprocessing, in words), the output, class names, bytes, sha256, and the check. The
+exported model takes uint8 images (batch, size, size, 3), as the Keras model does, and gives
+one probability per class; a .tflite carries TFLite metadata with its labels, so MediaPipe
+Tasks' ImageClassifier runs it as it is. int8 calibrates on --representative_images images
+of the run's training split, decoded as training decoded them.
+
+The check: the exported file and the Keras model classify up to --check_images images of the
+run's validation split; the export fails, leaving no file, when the file's accuracy is more
+than --max_accuracy_drop points below the Keras model's.
 """
 
 from __future__ import annotations
@@ -42,6 +47,18 @@ flags.DEFINE_integer(
     exporter.DEFAULT_REPRESENTATIVE_IMAGES,
     f"Training images that calibrate int8 (at least {exporter.MIN_REPRESENTATIVE_IMAGES}).",
 )
+flags.DEFINE_integer(
+    "check_images",
+    exporter.DEFAULT_CHECK_IMAGES,
+    "Validation images the exported file and the Keras model both classify before the file is kept.",
+)
+flags.DEFINE_float(
+    "max_accuracy_drop",
+    None,
+    "Accuracy points the exported file may lose against the Keras model before the export fails; default: "
+    + ", ".join(f"{points:g} for {quantize}" for quantize, points in exporter.MAX_ACCURACY_DROP.items())
+    + ".",
+)
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output.")
 flags.DEFINE_string("data_dir", None, "Where tfds datasets are prepared and read, as given to train.")
 
@@ -60,6 +77,8 @@ def main(argv):
             model=FLAGS.model,
             output=FLAGS.output,
             representative_images=FLAGS.representative_images,
+            check_images=FLAGS.check_images,
+            max_accuracy_drop=FLAGS.max_accuracy_drop,
             overwrite=FLAGS.overwrite,
             data_dir=FLAGS.data_dir,
         )
@@ -69,16 +88,15 @@ def main(argv):
 
 def summary(record: dict, config: exporter.ExportConfig) -> str:
     check = record["check"]
-    agreement = (
-        f"agrees with the Keras model on {check['top1_agreement']:.1%} of {check['images']} {check['split']} images"
-        if check
-        else "not run (its runtime is not installed)"
-    )
     return "\n".join(
         [
             f"Wrote {record['file']}: {record['format']}, quantization {record['quantization']}, "
             f"{record['bytes'] / 1e6:.2f} MB, sha256 {record['sha256'][:12]}...",
-            f"  check: {agreement}",
-            f"  beside it: {record['labels']} and {record['file']}.json",
+            f"  check on {check['images']} {check['split']} images: accuracy {check['exported_accuracy']:.1%} "
+            f"(Keras {check['keras_accuracy']:.1%}, {check['accuracy_drop']:+.2f} points lower, bound "
+            f"{check['max_accuracy_drop']:g}); agrees with the Keras model on {check['top1_agreement']:.1%}",
+            f"  input: {record['input']['expects']}",
+            f"  beside it: {record['labels']} and {record['file']}.json"
+            + ("; the labels are inside the .tflite too (TFLite metadata)" if record.get("litert_metadata") else ""),
         ]
     )

@@ -72,6 +72,7 @@ def config_from_flags() -> PretrainConfig:
         epochs=FLAGS.epochs,
         learning_rate=FLAGS.learning_rate,
         optimizer=FLAGS.optimizer,
+        memory_budget=FLAGS.memory_budget,
         overwrite=FLAGS.overwrite,
     )
 

@@ -126,6 +126,7 @@ def config_from_flags() -> TrainConfig:
         data_service=FLAGS.data_service,
         data_service_sharding=FLAGS.data_service_sharding,
         data_service_timeout=FLAGS.data_service_timeout,
+        memory_budget=FLAGS.memory_budget,
         overwrite=FLAGS.overwrite,
         export=FLAGS.export,
     )

@@ -81,6 +81,10 @@ class ArrayCache:
         element), without copying the others: e.g. the labels alone, not the images."""
         return tf.gather(self._arrays[position], indices)
 
+    def label_of(self, indices: tf.Tensor) -> tf.Tensor:
+        """The labels of (image, label) examples at `indices`, without copying their images."""
+        return self.gather_component(indices, 1)
+
     def _when(self, filled: bool) -> tf.data.Dataset:
         return tf.data.Dataset.range(1).filter(lambda _: (self._size.read_value() != _NOT_FILLED) == filled)
 

@@ -84,7 +84,7 @@ def index_csv(csv_path: str, options: CsvOptions = CsvOptions(), cache_dir: str 
             f"(column {table.file_column!r}, for example {example!r}); point --image_dir at the images' folder "
             f"or name the file column with --csv_file_column"
         )
-    unreadable = file_index.undecodable(sorted(labelled), table.image_dir, cache_dir)
+    unreadable, signatures = file_index.undecodable(sorted(labelled), table.image_dir, cache_dir)
     for path in sorted(unreadable):
         skipped["name a file that could not be decoded as an image"].append(os.path.relpath(path, table.image_dir))
         del labelled[path]
@@ -102,11 +102,13 @@ def index_csv(csv_path: str, options: CsvOptions = CsvOptions(), cache_dir: str 
     class_names = _sorted_labels(set(labelled.values()))
     class_ids = {name: i for i, name in enumerate(class_names)}
     entries = [(path, class_ids[label]) for path, label in labelled.items()]
+    splits = {SPLIT: file_index.mixed_order(entries, table.image_dir)}
     return file_index.FileIndex(
         table.image_dir,
         class_names,
-        {SPLIT: file_index.mixed_order(entries, table.image_dir)},
+        splits,
         tuple(sorted(unreadable)),
+        file_index.content_fingerprint(class_names, splits, signatures),
     )
 
 

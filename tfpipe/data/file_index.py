@@ -42,6 +42,21 @@ class FileIndex:
     # split name -> (paths, labels), in the fixed hashed order
     splits: dict[str, tuple[tuple[str, ...], tuple[int, ...]]]
     unreadable: tuple[str, ...]
+    # What the files hold, as far as a stat tells: changes when a file is added, removed, touched or
+    # relabelled (content_fingerprint). Stores of decoded images are keyed by it.
+    fingerprint: str = ""
+
+
+def content_fingerprint(class_names, splits, signatures: dict[str, tuple[int, int]]) -> str:
+    """A hash of every split's files (path, label, size, modification time) and the class names."""
+    digest = hashlib.sha1(json.dumps(list(class_names)).encode())
+    for name in sorted(splits):
+        paths, labels = splits[name]
+        digest.update(name.encode())
+        for path, label in zip(paths, labels):
+            size, mtime = signatures.get(path) or _signature(path)
+            digest.update(f"\0{path}\0{label}\0{size}\0{mtime}".encode())
+    return digest.hexdigest()
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
@@ -63,8 +78,9 @@ def relative(path: str, root: str) -> str:
     return path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
 
 
-def undecodable(paths: list[str], root: str, cache_dir: str | None) -> set[str]:
-    """The paths TensorFlow's decoder rejects, decoding only files the index cache does not know.
+def undecodable(paths: list[str], root: str, cache_dir: str | None) -> tuple[set[str], dict[str, tuple[int, int]]]:
+    """The paths TensorFlow's decoder rejects, decoding only files the index cache does not know;
+    and each path's (size, modification time), read on the way (content_fingerprint takes them).
 
     cache_dir: where the index cache lives (DATA_DIR/tfpipe_index); None: decode everything.
     """
@@ -87,7 +103,7 @@ def undecodable(paths: list[str], root: str, cache_dir: str | None) -> set[str]:
         len(paths) - len(to_decode),
         cache.path or "(none)",
     )
-    return {path for path in paths if not verdicts[path]}
+    return {path for path in paths if not verdicts[path]}, stats
 
 
 def _signature(path: str) -> tuple[int, int]:

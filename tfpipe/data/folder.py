@@ -30,7 +30,7 @@ def index_folder(root: str, cache_dir: str | None = None) -> file_index.FileInde
     class_names = tuple(sorted({name for classes in layout.values() for name in classes}))
     class_ids = {name: i for i, name in enumerate(class_names)}
     all_files = [path for classes in layout.values() for files in classes.values() for path in files]
-    unreadable = file_index.undecodable(all_files, root, cache_dir)
+    unreadable, signatures = file_index.undecodable(all_files, root, cache_dir)
     splits = {
         split: file_index.mixed_order(
             [(path, class_ids[name]) for name, files in classes.items() for path in files if path not in unreadable],
@@ -48,7 +48,8 @@ def index_folder(root: str, cache_dir: str | None = None) -> file_index.FileInde
         )
     if not any(paths for paths, _ in splits.values()):
         raise TfpipeError(f"folder {root} has no image that can be decoded: every file failed to decode")
-    return file_index.FileIndex(root, class_names, splits, tuple(sorted(unreadable)))
+    fingerprint = file_index.content_fingerprint(class_names, splits, signatures)
+    return file_index.FileIndex(root, class_names, splits, tuple(sorted(unreadable)), fingerprint)
 
 
 def find_layout(root: str, not_read: list[str] | None = None) -> dict[str, dict[str, list[str]]]:

@@ -3,9 +3,15 @@
     read -> decode + resize (parallel, uint8) -> cache -> [oversample] -> shuffle
          -> batch -> [augment, only when placed in the pipeline] -> [class weights] -> prefetch
 
-With the memory cache (the default), the cache is an ArrayCache: the images sit
-in one array, the shuffle and batch stages work on their indices, and each batch
-is gathered from the array with one copy right after batch().
+The cache (--cache) holds each image decoded and resized, once:
+  memory  an ArrayCache: the split in one array in memory;
+  DIR     a decoded store on disk (data/store.py), written once, read by every later
+          epoch and run on the same data;
+  auto    (the default) memory when the split fits the memory budget (tfpipe.memory),
+          otherwise the store under DATA_DIR/tfpipe_store (choose_cache);
+  none    decode every epoch.
+With a cache the shuffle and batch stages work on indices, and each batch is gathered
+from the cache with one copy right after batch().
 
 Why this order:
 - Decoding and resizing are the only deterministic per-image work; everything
@@ -25,23 +31,26 @@ Why this order:
 from __future__ import annotations
 
 import dataclasses
-import glob
-import hashlib
 import os
+from typing import Callable
 
 import tensorflow as tf
 from absl import logging
 
-from tfpipe.data import file_index
+from tfpipe import memory
+from tfpipe.data import store
+from tfpipe.data.preprocessing import RESIZE_METHOD, Preprocessing, decode_and_resize  # noqa: F401 (re-exported)
 from tfpipe.data.array_cache import ArrayCache
 from tfpipe.errors import TfpipeError
 from tfpipe.paths import ensure_writable_dir
 
+CACHE_AUTO = "auto"
 CACHE_MEMORY = "memory"
 CACHE_NONE = "none"
-# libjpeg can decode at 1/2, 1/4 or 1/8 scale, skipping most of the inverse DCT.
-_JPEG_SCALES = (1, 2, 4, 8)
-_JPEG_MAGIC = b"\xff\xd8\xff"
+CACHE_CHOICES = (CACHE_AUTO, CACHE_MEMORY, CACHE_NONE)
+# The memory cache's peak RSS over the bytes it holds: 1.07x-1.16x measured over 17 runs
+# (BUILD_NOTES.md, "Input pipeline"), rounded up.
+MEMORY_CACHE_PEAK = 1.2
 # Batches ready ahead of the consumer. Two absorb a slow step; deeper buffers add
 # no throughput in steady state, and tf.data's autotuned depth sometimes grew by
 # tens of batches mid-run (BUILD_NOTES.md), each a batch of images of memory.
@@ -54,7 +63,7 @@ class PipelineConfig:
     # knows its backbone (TrainConfig.resolved); a pipeline is only built at a known size.
     image_size: int | None = None
     batch_size: int = 32
-    cache: str = CACHE_MEMORY  # "memory", "none" or a folder for tf.data's file cache
+    cache: str = CACHE_AUTO  # "auto", "memory", "none" or a folder for the decoded store
     shuffle_buffer: int = 1000  # 0: the whole split
     seed: int | None = None
     jpeg_dct_scaling: bool = True
@@ -67,50 +76,67 @@ class PipelineConfig:
         if self.shuffle_buffer < 0:
             raise TfpipeError(f"--shuffle_buffer={self.shuffle_buffer} must be 0 (whole split) or positive")
         if not self.cache:
-            raise TfpipeError("--cache must be 'memory', 'none' or a folder path")
+            raise TfpipeError("--cache must be 'auto', 'memory', 'none' or a folder for the decoded store")
+
+    @classmethod
+    def reading(cls, preprocessing: Preprocessing, batch_size: int) -> PipelineConfig:
+        """A pipeline that decodes as a trained model's run did, for one pass (evaluation, calibration)."""
+        return cls(preprocessing.image_size, batch_size, CACHE_NONE, jpeg_dct_scaling=preprocessing.jpeg_dct_scaling)
 
     def sized(self, default_size: int) -> PipelineConfig:
         """This config at its own image size, or at `default_size` when it has none."""
         return self if self.image_size is not None else dataclasses.replace(self, image_size=default_size)
 
+    @property
+    def image_bytes(self) -> int:
+        """One decoded image's bytes at this size (uint8, 3 channels)."""
+        return self.image_size * self.image_size * 3
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What shapes the pixels the model sees: the run records it, and every reader of the run uses it."""
+        return Preprocessing(self.image_size, self.jpeg_dct_scaling)
+
+    @property
+    def decode_options(self) -> str:
+        """Everything besides the size that shapes the pixels a decoded image holds."""
+        return self.preprocessing.decode_options
     def check_cache_folder(self) -> None:
-        """A file cache's folder is created and writable now, before long work; TfpipeError if not."""
-        if self.cache not in (CACHE_MEMORY, CACHE_NONE):
+        """A store's folder is created and writable now, before long work; TfpipeError if not."""
+        if self.cache not in CACHE_CHOICES:
             ensure_writable_dir(self.cache, flag="cache")
 
 
-def decode_and_resize(encoded: tf.Tensor, image_size: int, jpeg_dct_scaling: bool = True) -> tf.Tensor:
-    """One encoded image -> (image_size, image_size, 3) uint8, stretched like the tutorial's resize.
+def fits_in_memory(examples: int, image_bytes: int, budget: memory.MemoryBudget) -> bool:
+    """Whether the memory cache of `examples` images fits `budget` at its peak."""
+    return memory_cache_bytes(examples, image_bytes) <= budget.bytes
 
-    With jpeg_dct_scaling, a JPEG at least twice the target size on both sides is
-    decoded directly at 1/2, 1/4 or 1/8 scale (PIL calls this draft mode), never
-    below the target size; the bilinear resize then has less to do and aliases less.
-    """
-    if jpeg_dct_scaling:
-        image = tf.cond(
-            tf.strings.substr(encoded, 0, 3) == _JPEG_MAGIC,
-            lambda: _decode_jpeg_near(encoded, image_size),
-            lambda: file_index.decode_image(encoded),
+
+def memory_cache_bytes(examples: int, image_bytes: int) -> int:
+    """The memory cache's peak for `examples` images and their int64 labels (ArrayCache)."""
+    return int(MEMORY_CACHE_PEAK * examples * (image_bytes + 8))
+
+
+def choose_cache(requested: str, examples: int, image_bytes: int, ledger: memory.Ledger, store_root: str):
+    """(cache, line): where `examples` decoded images of `image_bytes` each are kept, from --cache and
+    what is left of the memory budget, and a line saying which and why. Takes their bytes from the
+    ledger when they go to memory. TfpipeError when --cache=memory cannot fit."""
+    needed = memory_cache_bytes(examples, image_bytes)
+    sizes = f"{examples} decoded images take {memory.format_size(needed)}"
+    budget = f"{memory.format_size(ledger.left)} left of the memory budget"
+    if requested == CACHE_NONE:
+        return CACHE_NONE, "Cache: none (--cache=none): every epoch decodes every image"
+    if requested not in (CACHE_AUTO, CACHE_MEMORY):
+        return requested, f"Cache: a decoded store on disk in {requested} (--cache); {sizes}"
+    if ledger.fits(needed):
+        ledger.take("decoded images", needed)
+        return CACHE_MEMORY, f"Cache: in memory (--cache={requested}): {sizes}, within the {budget}"
+    if requested == CACHE_MEMORY:
+        raise TfpipeError(
+            f"--cache=memory: {sizes}, more than the {budget} ({ledger.budget.origin}); use --cache=auto (a decoded store on disk when "
+            f"the data does not fit), --cache=DIR, a smaller --image_size, or a larger --{memory.FLAG}"
         )
-    else:
-        image = file_index.decode_image(encoded)
-    image.set_shape([None, None, 3])
-    # TensorFlow's bilinear kernel is vectorized for float32 input only: casting
-    # first makes the resize cheaper than resizing uint8 directly.
-    resized = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], method="bilinear")
-    # Bilinear values are convex combinations of uint8 pixels: no clipping needed.
-    return tf.cast(tf.round(resized), tf.uint8)
-
-
-def _decode_jpeg_near(encoded, image_size):
-    shape = tf.io.extract_jpeg_shape(encoded)
-    shorter = tf.minimum(shape[0], shape[1])
-    # Index of the largest scale that keeps the shorter side >= image_size.
-    scale_index = tf.add_n([tf.cast(shorter >= image_size * s, tf.int32) for s in _JPEG_SCALES[1:]])
-    return tf.switch_case(
-        scale_index,
-        [lambda s=s: tf.io.decode_jpeg(encoded, channels=3, ratio=s) for s in _JPEG_SCALES],
-    )
+    return store_root, f"Cache: a decoded store on disk in {store_root}: {sizes}, more than the {budget}"
 
 
 def build(
@@ -125,6 +151,7 @@ def build(
     max_examples: int | None = None,
     service=None,
     balance=None,
+    log: Callable[[str], None] = logging.info,
 ) -> tf.data.Dataset:
     """Batches of (uint8 images [B, S, S, 3], int64 labels [B]) from `split` of `source`.
 
@@ -141,6 +168,7 @@ def build(
       on its workers, without a cache (it would not outlive the epoch there).
     balance: a tfpipe.data.balance.ClassBalance for training batches: oversampled
       and/or weighted (images, labels, sample weights).
+    log: where the decoded store says what it writes or reads.
     """
     dataset = source.encoded(split, whole=service is None or not service.dynamic)
     if shard is not None:
@@ -150,34 +178,32 @@ def build(
     size = config.image_size
     if size is None:
         raise ValueError("PipelineConfig.image_size is None: size the config first (PipelineConfig.sized)")
-    dataset = dataset.map(
-        lambda encoded, label: (decode_and_resize(encoded, size, config.jpeg_dct_scaling), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    decode = config.preprocessing.decode
+    decoded = dataset.map(lambda encoded, label: (decode(encoded), label), num_parallel_calls=tf.data.AUTOTUNE)
     examples = _split_size(source, split, shard, max_examples)
-    array_cache = None
-    if service is None and config.cache == CACHE_MEMORY:
-        array_cache = ArrayCache(dataset.element_spec, capacity=examples)
-        dataset = array_cache.indices(dataset)
-    elif service is None:
-        dataset = _file_cache(dataset, config, source.name, split, shard, max_examples)
+    cache = None  # an ArrayCache or a DecodedStore: the pipeline then shuffles and batches indices
+    if service is None:
+        cache = _cache(config, source, split, shard, max_examples, decoded, examples, log)
+    dataset = decoded if cache is None else cache.indices(decoded)
     balance = balance if training else None
     if balance is not None:
-        if array_cache is not None:  # elements are indices: read the cached label, not the image too
-            label_of = lambda index: array_cache.gather_component(index, 1)  # noqa: E731
-        else:
-            label_of = lambda example: example[1]  # noqa: E731
+        # Elements of a cache are indices: read the cached label, not the image too.
+        label_of = cache.label_of if cache is not None else lambda example: example[1]
         whole = shard is None and service is None and max_examples is None
         dataset = balance.oversample(dataset, label_of, exact=whole)
         examples = balance.epoch_examples(examples)
     if training:
         seed = None if config.seed is None else config.seed + epoch_offset
-        dataset = dataset.shuffle(config.shuffle_buffer or examples, seed=seed, reshuffle_each_iteration=True)
+        # A store's images are all written before the first epoch: its 8-byte indices shuffle
+        # over the whole split at no cost. A memory cache fills during the first epoch, so a
+        # whole-split buffer there would decode everything before the first batch.
+        buffer = examples if isinstance(cache, store.DecodedStore) else config.shuffle_buffer or examples
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     # A plain batch(): copying uint8 images is cheap, and a parallel batch's extra
     # buffers cost memory for no speed on the benchmark machine.
     dataset = dataset.batch(config.batch_size, drop_remainder=training)
-    if array_cache is not None:
-        dataset = dataset.map(array_cache.gather, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache is not None:
+        dataset = dataset.map(cache.gather, num_parallel_calls=tf.data.AUTOTUNE)
     if training and augmentation is not None:
         dataset = dataset.map(
             lambda images, labels: (augment_to_uint8(augmentation, images), labels),
@@ -223,30 +249,31 @@ def _split_size(source, split, shard, max_examples) -> int:
     return max(count, 1)
 
 
-def _file_cache(dataset, config, source_name, split, shard, max_examples):
-    if config.cache == CACHE_NONE:
-        return dataset
-    return dataset.cache(cache_file_prefix(config, source_name, split, shard, max_examples))
-
-
-def cache_file_prefix(config: PipelineConfig, source_name: str, split: str, shard=None, max_examples=None) -> str:
-    """A file prefix in the cache folder, distinct for every input that changes its contents."""
-    folder_path = ensure_writable_dir(config.cache, flag="cache")
-    key = repr((source_name, split, config.image_size, config.jpeg_dct_scaling, shard, max_examples))
-    readable = "".join(c if c.isalnum() else "_" for c in f"{source_name}_{split}")[-60:]
-    prefix = os.path.join(
-        folder_path, f"{readable}_{config.image_size}px_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+def _cache(config, source, split, shard, max_examples, decoded, examples, log):
+    """The ArrayCache or DecodedStore that config.cache asks for (auto: by the memory budget), or None."""
+    requested = config.cache
+    if requested == CACHE_AUTO:  # a caller without a run's plan: this split alone against the budget
+        ledger = memory.Ledger(memory.MemoryBudget.detect())
+        root = os.path.join(_default_data_dir(), store.STORE_DIR)
+        requested, line = choose_cache(CACHE_AUTO, examples, config.image_bytes, ledger, root)
+        log(line)
+    if requested == CACHE_MEMORY:
+        return ArrayCache(decoded.element_spec, capacity=examples)
+    if requested == CACHE_NONE:
+        return None
+    key = store.StoreKey(
+        source.name, source.fingerprint(), split, config.image_size, config.decode_options, shard, max_examples
     )
-    _remove_stale_lock(prefix)
-    return prefix
+    root = ensure_writable_dir(requested, flag="cache")
+    # The store is written from the source in its own order; training reads it by index.
+    unordered = decoded.with_options(pipeline_options(None))
+    count = min(source.count(split), max_examples or source.count(split))
+    if shard is not None:
+        count = len(range(shard[1], count, shard[0]))
+    return store.open_or_write(root, key, unordered, count, log)
 
 
-def _remove_stale_lock(prefix: str) -> None:
-    """A run killed while writing a file cache leaves a lockfile that makes every
-    later run fail; tfpipe owns its cache folder, so a lock without a finished
-    cache is stale."""
-    complete = os.path.exists(f"{prefix}.index")
-    for lock in glob.glob(f"{glob.escape(prefix)}*.lockfile"):
-        if not complete:
-            logging.warning("Removing a stale cache lock left by an interrupted run: %s", lock)
-            os.remove(lock)
+def _default_data_dir() -> str:
+    from tfpipe.data import sources  # sources imports this module
+
+    return sources.default_data_dir()

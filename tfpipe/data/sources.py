@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import os
 import warnings
 from typing import Mapping
@@ -75,6 +76,10 @@ class Source(abc.ABC):
     def split_sizes(self) -> dict[str, int]:
         """Examples in each named split, before slicing."""
 
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """Changes whenever the examples or their labels may have: what keys a store of decoded images."""
+
     def count(self, split: str, *, flag: str = "split") -> int:
         """Examples that `split` selects; raises TfpipeError on a bad split string."""
         return splits.count(splits.resolve(split, self.split_sizes(), flag=flag))
@@ -122,6 +127,16 @@ class TfdsSource(Source):
     def split_sizes(self) -> dict[str, int]:
         return {name: info.num_examples for name, info in self._builder.info.splits.items()}
 
+    def fingerprint(self) -> str:
+        """The prepared dataset's name and version, and its files' sizes and modification times
+        (a dataset prepared again, even at the same version, gets a new fingerprint)."""
+        folder = self._builder.data_dir
+        digest = hashlib.sha1(f"{self.name}\0{folder}".encode())
+        for name in sorted(tf.io.gfile.listdir(folder)):
+            stat = tf.io.gfile.stat(os.path.join(folder, name))
+            digest.update(f"\0{name}\0{stat.length}\0{stat.mtime_nsec}".encode())
+        return digest.hexdigest()
+
     def encoded(self, split: str, *, parallel: bool = True, whole: bool = True) -> tf.data.Dataset:
         read_config = tfds.ReadConfig(
             try_autocache=False,  # tfpipe decides where to cache, after resizing
@@ -160,6 +175,9 @@ class FileSource(Source):
 
     def split_sizes(self) -> dict[str, int]:
         return {name: len(paths) for name, (paths, _) in self._index.splits.items()}
+
+    def fingerprint(self) -> str:
+        return self._index.fingerprint
 
     def labels(self, split: str) -> list[int]:
         """The labels of `split`'s examples, in order."""

@@ -155,7 +155,7 @@ def evaluate_run(model_dir: str, split: str | None = None, which: str | None = N
         )
     batch_size = settings.get("pipeline.batch_size", predict.DEFAULT_BATCH_SIZE)
     batches = pipeline.build(
-        source, split, pipeline.PipelineConfig(image_size=trained.image_size, batch_size=batch_size), training=False
+        source, split, pipeline.PipelineConfig.reading(trained.preprocessing, batch_size), training=False
     )
     result, mistakes = evaluate(trained, batches.as_numpy_iterator(), split)
     result["model"], result["runtime"] = trained.path, trained.runtime

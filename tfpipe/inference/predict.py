@@ -1,12 +1,13 @@
 """What a trained run says about image files: `predict` and its library.
 
 The run directory knows everything a prediction needs: the model (best.keras or
-final.keras), its class names (results.json) and its image size (the model's input).
-So a user names the run and the images, and never repeats a training flag. A model
-that export_model wrote (.tflite, .onnx, a SavedModel folder) runs with its own
-runtime (inference.runtimes) and needs no run: its record holds the class names.
+final.keras), its class names (results.json) and its preprocessing (preprocessing.json:
+image size and decode options). So a user names the run and the images, and never
+repeats a training flag. A model that export_model wrote (.tflite, .onnx, a SavedModel
+folder) runs with its own runtime (inference.runtimes) and needs no run: its record
+holds the class names and the preprocessing.
 
-Images go through the training pipeline's own decode and resize, in parallel,
+Images go through the run's own decode and resize (data.preprocessing), in parallel,
 batched and prefetched, so predictions see exactly what training saw. A file that
 cannot be read or decoded is dropped from the stream by index (file_index's
 decoded_by_index, as the folder index's decode check does) and comes back as a row
@@ -27,7 +28,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfpipe.data import file_index, folder, pipeline
+from tfpipe.data import file_index, folder
+from tfpipe.data import preprocessing as preprocessing_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.inference import runtimes
 from tfpipe.runs import files as run_files
@@ -38,6 +40,7 @@ MODEL_HELP = "best, final, a path to a .keras file, or a .tflite, .onnx or Saved
 DEFAULT_TOP_K = 3  # classes listed per image
 DEFAULT_BATCH_SIZE = 32
 FORMATS = (".csv", ".json")
+LOGITS, PROBABILITIES = "logits", "probabilities"  # what a model outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,20 +50,27 @@ class TrainedModel:
 
     model: Any
     class_names: tuple[str, ...]
-    image_size: int
+    preprocessing: preprocessing_lib.Preprocessing  # how its images were decoded and resized in training
     path: str
+    outputs: str = LOGITS  # what the model gives: LOGITS (Keras) or PROBABILITIES (export_model's files)
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
 
     @property
     def runtime(self) -> str:
         """keras, litert, onnx or saved_model."""
         return getattr(self.model, "runtime", "keras")
 
-    def logits(self, images) -> np.ndarray:
+    def outputs_of(self, images) -> np.ndarray:
+        """What the model gives for uint8 images: logits or probabilities (self.outputs)."""
         return np.asarray(self._forward(images))
 
     def probabilities(self, images) -> np.ndarray:
         """(n, classes) probabilities; a two-class model's single logit gives both."""
-        return probabilities_from_logits(self.logits(images))
+        outputs = self.outputs_of(images)
+        return outputs.astype(np.float64) if self.outputs == PROBABILITIES else probabilities_from_logits(outputs)
 
     @functools.cached_property
     def _forward(self):
@@ -113,8 +123,9 @@ def load(model_dir: str | None, which: str = DEFAULT_MODEL) -> TrainedModel:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a file that is not a model
         raise TfpipeError(f"--model={which}: {path} is not a Keras model ({_first_line(error)})") from None
-    _check_fits(model.input_shape, model.output_shape[-1], class_names, path)
-    return TrainedModel(model, class_names, int(model.input_shape[1]), path)
+    preprocessing = preprocessing_lib.of_run(model_dir)
+    _check_fits(model.input_shape, model.output_shape[-1], class_names, path, preprocessing, LOGITS)
+    return TrainedModel(model, class_names, preprocessing, path)
 
 
 def check_model_named(model_dir: str | None, which: str) -> None:
@@ -129,7 +140,11 @@ def _load_exported(model_dir: str | None, path: str, model_format: str) -> Train
     record_path = run_files.export_record(path)
     record = run_files.read_json(record_path) if os.path.isfile(record_path) else {}
     class_names = tuple(record.get("class_names") or ())
+    preprocessing = None
+    if "preprocessing" in record:
+        preprocessing = preprocessing_lib.Preprocessing.from_record(record["preprocessing"], record_path)
     if model_dir:
+        preprocessing = preprocessing or preprocessing_lib.of_run(model_dir)
         run_names = tuple(run_files.read_results(model_dir).get("class_names") or ())
         if class_names and class_names != run_names:
             raise TfpipeError(
@@ -137,21 +152,29 @@ def _load_exported(model_dir: str | None, path: str, model_format: str) -> Train
                 f"was trained on {list(run_names)}; give the run it was exported from"
             )
         class_names = run_names
-    if not class_names:
+    if not class_names or preprocessing is None:
         raise TfpipeError(
-            f"--model={path}: its record {record_path} (class names) is missing; give --model_dir of the run "
-            "it was exported from, or export it again with export_model"
+            f"--model={path}: its record {record_path} (class names, preprocessing) is missing or older than "
+            "this tfpipe; give --model_dir of the run it was exported from, or export it again with export_model"
         )
+    # What the file gives: its record says; export_model has written probabilities since records
+    # say "kind", logits before. A file without its record is taken to be of today's export.
+    outputs = record.get("output", {}).get("kind", LOGITS) if record else PROBABILITIES
     runner = runtimes.open_model(path, model_format)
-    _check_fits((None, runner.image_size, runner.image_size, 3), runner.outputs, class_names, path)
-    return TrainedModel(runner, class_names, runner.image_size, path)
+    _check_fits((None, runner.image_size, runner.image_size, 3), runner.outputs, class_names, path, preprocessing, outputs)
+    return TrainedModel(runner, class_names, preprocessing, path, outputs)
 
 
-def _check_fits(input_shape, outputs, class_names, path) -> None:
+def _check_fits(input_shape, outputs, class_names, path, preprocessing, kind) -> None:
     shape = input_shape
     if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
         raise TfpipeError(f"{path} takes inputs of shape {shape}; predict needs square RGB images")
-    expected = 1 if len(class_names) == 2 else len(class_names)
+    if shape[1] != preprocessing.image_size:
+        raise TfpipeError(
+            f"{path} takes {shape[1]} px images, but its run preprocessed them to {preprocessing.image_size} px; "
+            "give the model and the run that trained it"
+        )
+    expected = len(class_names) if kind == PROBABILITIES or len(class_names) != 2 else 1
     if outputs != expected:
         raise TfpipeError(
             f"{path} has {outputs} outputs but the run's results.json names {len(class_names)} classes; "
@@ -202,7 +225,7 @@ def predict(
     """One Prediction per path, in order; `on_batch(images)` after each batch."""
     top_k = max(1, min(top_k, len(trained.class_names)))
     probabilities = np.full((len(paths), len(trained.class_names)), np.nan)
-    for indices, images in decoded_batches(paths, trained.image_size, batch_size):
+    for indices, images in decoded_batches(paths, trained.preprocessing, batch_size):
         probabilities[indices] = trained.probabilities(images)
         if on_batch:
             on_batch(len(indices))
@@ -216,9 +239,10 @@ def predict(
     return rows
 
 
-def decoded_batches(paths: list[str], image_size: int, batch_size: int) -> tf.data.Dataset:
-    """(indices, uint8 images) batches of the files that decode; the others are left out."""
-    decoded = file_index.decoded_by_index(paths, lambda encoded: pipeline.decode_and_resize(encoded, image_size))
+def decoded_batches(paths: list[str], preprocessing: preprocessing_lib.Preprocessing, batch_size: int):
+    """(indices, uint8 images) batches of the files that decode, as the run's training decoded them;
+    the others are left out."""
+    decoded = file_index.decoded_by_index(paths, preprocessing.decode)
     return decoded.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 

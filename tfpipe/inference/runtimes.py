@@ -3,9 +3,10 @@ without Keras would: LiteRT (.tflite, ai-edge-litert), ONNX (.onnx, onnxruntime)
 SavedModel folder (TensorFlow).
 
 Every runner takes what the Keras model takes, uint8 images (batch, size, size, 3),
-and returns float32 logits, so predict and evaluate treat all models alike. A
-full-integer LiteRT model's quantized output is turned back into logits with the
-scale and zero point the file holds.
+and returns the file's float32 outputs: one probability per class for the files
+export_model writes (logits for files exported before it added its probability layer;
+the file's record says which, predict.TrainedModel reads it). A quantized output is
+turned back into floats with the scale and zero point the file holds.
 """
 
 from __future__ import annotations
@@ -36,12 +37,6 @@ def format_of(path: str) -> str | None:
     return None
 
 
-def runtime_installed(model_format: str) -> bool:
-    """Whether the package that runs `model_format` can be imported (TensorFlow runs a SavedModel)."""
-    module, _ = RUNTIME_PACKAGES.get(model_format, ("tensorflow", "tensorflow"))
-    return importlib.util.find_spec(module) is not None
-
-
 def require_package(module: str, package: str, needed_for: str) -> None:
     """TfpipeError naming the package to install when `module` cannot be imported."""
     if importlib.util.find_spec(module) is None:
@@ -49,7 +44,7 @@ def require_package(module: str, package: str, needed_for: str) -> None:
 
 
 def open_model(path: str, model_format: str):
-    """A runner for an exported model: runner(uint8 images) -> logits, with .image_size and .outputs."""
+    """A runner for an exported model: runner(uint8 images) -> its outputs, with .image_size and .outputs."""
     if model_format in RUNTIME_PACKAGES:
         require_package(*RUNTIME_PACKAGES[model_format], needed_for=f"running {os.path.basename(path)}")
     runner = {LITERT: LiteRTRunner, ONNX: OnnxRunner, SAVED_MODEL: SavedModelRunner}[model_format]
@@ -92,11 +87,11 @@ class LiteRTRunner:
             self._batch = images.shape[0]
         self._interpreter.set_tensor(self._input["index"], images)
         self._interpreter.invoke()
-        logits = self._interpreter.get_tensor(self._output["index"])
+        outputs = self._interpreter.get_tensor(self._output["index"])
         scale, zero_point = self._output["quantization"]
         if scale:
-            return (logits.astype(np.float32) - zero_point) * scale
-        return logits.astype(np.float32)
+            return (outputs.astype(np.float32) - zero_point) * scale
+        return outputs.astype(np.float32)
 
 
 class OnnxRunner:
@@ -135,5 +130,5 @@ class SavedModelRunner:
         self._loaded = loaded  # the signature's variables live as long as this object
 
     def __call__(self, images) -> np.ndarray:
-        (logits,) = self._serve(**{self._input_name: np.asarray(images, dtype=np.uint8)}).values()
-        return np.asarray(logits, dtype=np.float32)
+        (outputs,) = self._serve(**{self._input_name: np.asarray(images, dtype=np.uint8)}).values()
+        return np.asarray(outputs, dtype=np.float32)

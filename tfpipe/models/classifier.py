@@ -227,9 +227,23 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer(POOLING_LAYER).output, name="features")
 
 
-def inference_graph(model: keras.Model) -> keras.Model:
+@keras.saving.register_keras_serializable(package="tfpipe")
+class Probabilities(keras.layers.Layer):
+    """Logits -> one probability per class: softmax, or for a two-class model's single logit
+    [1 - sigmoid, sigmoid], so every exported model gives as many scores as it has labels
+    (what MediaPipe's image classifier reads against labels.txt)."""
+
+    def call(self, logits):
+        if logits.shape[-1] == 1:
+            positive = ops.sigmoid(logits)
+            return ops.concatenate([1.0 - positive, positive], axis=-1)
+        return ops.softmax(logits, axis=-1)
+
+
+def inference_graph(model: keras.Model, probabilities: bool = False) -> keras.Model:
     """The classifier as an exported file runs it: the same layers (shared, not copied)
-    from the uint8 image to the logits, without the augmentation layer.
+    from the uint8 image to the logits (or, with `probabilities`, to one probability per
+    class), without the augmentation layer.
 
     In inference mode augmentation passes images through, but its random ops stay in
     the traced graph, where ONNX has no kernel for them (tf2onnx 1.17:
@@ -242,6 +256,8 @@ def inference_graph(model: keras.Model) -> keras.Model:
     for layer in model.layers[1:]:
         if layer.name != AUGMENTATION_LAYER:
             x = layer(x)
+    if probabilities:
+        x = Probabilities(name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, x, name=f"{model.name}_inference")
 
 

@@ -23,6 +23,7 @@ LABELS = "labels.txt"  # beside each exported model: class i on line i + 1
 TRAINING_CURVES = "training_curves.png"
 TENSORBOARD_DIR = "tensorboard"
 EVALUATION_DIR = "evaluation"
+PREPROCESSING = "preprocessing.json"  # tfpipe.data.preprocessing: how the run's images were decoded and resized
 MODEL_FILES = {"best": BEST_MODEL, "final": FINAL_MODEL}
 
 # Everything --overwrite clears.
@@ -37,6 +38,7 @@ RUN_OUTPUTS = (
     TRAINING_CURVES,
     TENSORBOARD_DIR,
     EVALUATION_DIR,
+    PREPROCESSING,
 )
 
 

@@ -14,14 +14,14 @@ predict sees no difference. The top of the base runs in inference mode (Inferenc
 as the whole base does in the classifier, so its BatchNorm layers keep their statistics.
 
 Memory: examples x the boundary's shape x the activations' bytes, for the training and
-validation splits together; above a limit (a quarter of the machine's memory by default)
-the run fine-tunes end to end and says why.
+validation splits together, at twice that at their peak; the run's memory plan
+(training.memory_plan) decides against the memory budget whether they fit, or the run
+fine-tunes end to end and says why.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import keras
 import numpy as np
@@ -68,34 +68,6 @@ def boundary(base: keras.Model, fine_tune_index: int) -> Boundary | None:
     return Boundary(tuple(crossing))
 
 
-def memory_limit() -> int:
-    """A quarter of the machine's physical memory, in bytes."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-
-
-def choose_boundary(
-    base: keras.Model, fine_tune_index: int, fine_tune_at: str | int, examples: int, log
-) -> Boundary | None:
-    """Where fine-tuning caches the activations of `examples` images, or None (with a line saying
-    why when it is their size) to fine-tune end to end. fine_tune_at: the setting as given (an
-    index or a layer name), for the line."""
-    at = boundary(base, fine_tune_index)
-    if at is None:
-        return None
-    needed, limit = examples * at.bytes_per_example, memory_limit()
-    if needed > limit:
-        log(
-            f"Fine-tuning end to end: the activations at {at.describe()} of {examples} images would take "
-            f"{needed / 2**30:.1f} GiB, over {limit / 2**30:.1f} GiB (a quarter of this machine's memory)"
-        )
-        return None
-    log(
-        f"Cached fine-tuning: the frozen layers below {fine_tune_at} run once over {examples} "
-        f"images; their activations at {at.describe()} take {needed / 2**20:,.0f} MiB"
-    )
-    return at
-
-
 def split_classifier(classifier: keras.Model, base: keras.Model, at: Boundary):
     """(bottom, top): uint8 images -> the boundary's activations, and those activations -> logits,
     both sharing the classifier's layers."""
@@ -115,6 +87,8 @@ def split_classifier(classifier: keras.Model, base: keras.Model, at: Boundary):
     return bottom, top
 
 
-def extract(bottom: keras.Model, datasets: list[tf.data.Dataset]) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
-    """(activations, labels) for every example of each dataset, in one pass each."""
-    return features.run_once(lambda images: bottom(images, training=False), datasets)
+def extract(
+    bottom: keras.Model, datasets: list[tf.data.Dataset], counts: list[int]
+) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
+    """(activations, labels) for every example of each dataset (counts[i] examples), in one pass each."""
+    return features.run_once(lambda images: bottom(images, training=False), datasets, counts)

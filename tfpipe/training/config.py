@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 
+from tfpipe import memory
 from tfpipe.data import balance, csv_labels, pipeline, sources, splits
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
@@ -70,6 +71,9 @@ class TrainConfig:
     data_service: str | None = None  # grpc://HOST:PORT of a tf.data service dispatcher
     data_service_sharding: str = "off"
     data_service_timeout: float = service_lib.STALL_SECONDS
+    # How much memory the run's data may hold, e.g. "8GB"; None: the process's memory less a
+    # margin (tfpipe.memory). Where the data is kept, not what is computed: not fingerprinted.
+    memory_budget: str | None = None
     overwrite: bool = False
     export: bool = True  # write export/, the SavedModel (6-7 s on 2 CPU cores, tracing it)
     verbose: int | str = "auto"
@@ -89,6 +93,7 @@ class TrainConfig:
             "data_service",
             "data_service_sharding",
             "data_service_timeout",
+            "memory_budget",
         }
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ignored}
         values.update({f"pipeline.{k}": v for k, v in dataclasses.asdict(self.pipeline).items() if k != "cache"})
@@ -125,6 +130,8 @@ class TrainConfig:
                 "use --augment_on=pipeline or drop rotation from --augment"
             )
         self.pipeline.check_cache_folder()
+        if self.memory_budget is not None:
+            memory.parse_size(self.memory_budget)
         distribute.check_strategy(self.strategy)
         self.service()
 

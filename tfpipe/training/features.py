@@ -4,6 +4,12 @@ With the base frozen and no augmentation, every epoch of phase 1 would feed the
 same images through the same frozen base and get the same features. Computing
 them once and training the head (the classifier's own Dropout and Dense
 layers) on the stored features gives the same head in a fraction of the time.
+
+Memory: the outputs are written batch by batch into arrays allocated once at their
+final size, and the datasets made from them shuffle and batch indices and gather
+each batch from the arrays (as the image cache does), so the stored outputs are held
+once: no list of batches to concatenate, no copy into a tf.data tensor, no shuffle
+buffer holding a second copy (measured in BUILD_NOTES.md, "Memory budget").
 """
 
 from __future__ import annotations
@@ -14,18 +20,22 @@ import tensorflow as tf
 from tfpipe.models import classifier as model_lib
 
 
-def extract(classifier, datasets: list[tf.data.Dataset]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(features [N, D] float32, labels [N]) for every example of each dataset, in one pass each."""
+def extract(classifier, datasets: list[tf.data.Dataset], counts: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(features [N, D] float32, labels [N]) for every example of each dataset, in one pass each;
+    counts: each dataset's number of examples."""
     extractor = model_lib.feature_extractor(classifier)
     return [
         (outputs[0], labels)
-        for outputs, labels in run_once(lambda images: tf.cast(extractor(images, training=False), tf.float32), datasets)
+        for outputs, labels in run_once(
+            lambda images: tf.cast(extractor(images, training=False), tf.float32), datasets, counts
+        )
     ]
 
 
-def run_once(model, datasets: list[tf.data.Dataset]) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
-    """(outputs, labels) for every example of each (images, labels) dataset: `model`'s outputs (one
-    tensor or a list), each concatenated over the batches, in one pass per dataset."""
+def run_once(model, datasets: list[tf.data.Dataset], counts: list[int]) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
+    """(outputs, labels) for every example of each (images, labels) dataset of counts[i] examples:
+    `model`'s outputs (one tensor or a list), in one pass per dataset, each output written into
+    one array of its final size."""
 
     @tf.function  # traced once, for all datasets: tracing a base costs seconds
     def forward(images):
@@ -33,18 +43,27 @@ def run_once(model, datasets: list[tf.data.Dataset]) -> list[tuple[tuple[np.ndar
         return tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,)
 
     results = []
-    for dataset in datasets:
-        batches, labels = [], []
+    for dataset, count in zip(datasets, counts):
+        arrays, labels, filled = None, np.empty([count], np.int64), 0
         for images, batch_labels in dataset:
-            batches.append([output.numpy() for output in forward(images)])
-            labels.append(batch_labels.numpy())
-        outputs = tuple(np.concatenate([batch[i] for batch in batches]) for i in range(len(batches[0])))
-        results.append((outputs, np.concatenate(labels)))
+            batch = [output.numpy() for output in forward(images)]
+            if arrays is None:
+                arrays = tuple(np.empty([count, *output.shape[1:]], output.dtype) for output in batch)
+            size = len(batch_labels)
+            if filled + size > count:
+                raise ValueError(f"the dataset gave more than the {count} examples its source counts")
+            for array, output in zip(arrays, batch):
+                array[filled : filled + size] = output
+            labels[filled : filled + size] = batch_labels.numpy()
+            filled += size
+        if filled != count:
+            raise ValueError(f"the dataset gave {filled} examples where its source counts {count}")
+        results.append((arrays, labels))
     return results
 
 
 def feature_datasets(
-    features: np.ndarray,
+    features,
     labels: np.ndarray,
     batch_size: int,
     *,
@@ -55,17 +74,44 @@ def feature_datasets(
 ) -> tf.data.Dataset:
     """Batches of (features, labels) as the pipeline makes batches of images: a training
     dataset is shuffled every epoch and, given a ClassBalance, oversampled or weighted.
+    features: an array, or a tuple of arrays (activations at a boundary of several tensors).
     shard: (num_shards, index) for one of several input pipelines (tf.distribute)."""
-    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
+    stored = StoredArrays(features, labels)
+    dataset = stored.indices()
     if shard is not None:
         dataset = dataset.shard(*shard)
     balance = balance if training else None
     if balance is not None:
-        dataset = balance.oversample(dataset, lambda example: example[1], exact=shard is None)
+        dataset = balance.oversample(dataset, stored.label_of, exact=shard is None)
     if training:
         size = balance.epoch_examples(len(labels)) if balance is not None else len(labels)
-        dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=training)
+        dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)  # of 8-byte indices
+    dataset = dataset.batch(batch_size, drop_remainder=training).map(stored.gather)
     if balance is not None:
         dataset = balance.add_weights(dataset)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class StoredArrays:
+    """Arrays in memory read by index in tf.data: indices() -> shuffle and batch -> gather(), as the
+    image cache and the decoded store are read; a batch is the only copy made."""
+
+    def __init__(self, x, labels: np.ndarray):
+        self._single = not isinstance(x, tuple)
+        self._arrays = (x,) if self._single else x
+        self._labels = tf.constant(labels)  # 8 bytes an example
+
+    def indices(self) -> tf.data.Dataset:
+        return tf.data.Dataset.range(len(self._arrays[0]))
+
+    def label_of(self, indices):
+        return tf.gather(self._labels, indices)
+
+    def gather(self, indices):
+        arrays = self._arrays
+        dtypes = [tf.as_dtype(array.dtype) for array in arrays]
+        batch = tf.numpy_function(lambda i: tuple(array[i] for array in arrays), [indices], dtypes, stateful=False)
+        for tensor, array in zip(batch, arrays):
+            tensor.set_shape([indices.shape[0], *array.shape[1:]])
+        x = batch[0] if self._single else tuple(batch)
+        return x, self.label_of(indices)

@@ -21,7 +21,7 @@ from typing import Callable
 
 import keras
 
-from tfpipe import atomic
+from tfpipe import atomic, memory
 from tfpipe.data import pipeline, sources, splits
 from tfpipe.data.builders import PRETRAINING_DATASET
 from tfpipe.errors import TfpipeError
@@ -30,7 +30,7 @@ from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import RESULTS
 from tfpipe.runs.state import RunDirectory
-from tfpipe.training import callbacks
+from tfpipe.training import callbacks, memory_plan
 from tfpipe.training.config import SPLIT_FLAGS, check_train_split_fills_a_batch
 
 PHASE = "pretrain"
@@ -55,6 +55,7 @@ class PretrainConfig:
     epochs: int = 15
     learning_rate: float = 2e-3
     optimizer: str = "adam"
+    memory_budget: str | None = None  # tfpipe.memory; where the data is kept, not fingerprinted
     overwrite: bool = False
     verbose: int | str = "auto"
 
@@ -63,7 +64,7 @@ class PretrainConfig:
         values = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in {"model_dir", "data_dir", "overwrite", "verbose", "pipeline"}
+            if k not in {"model_dir", "data_dir", "overwrite", "verbose", "pipeline", "memory_budget"}
         }
         values.update({f"pipeline.{k}": v for k, v in dataclasses.asdict(self.pipeline).items() if k != "cache"})
         return json.loads(json.dumps(values))
@@ -84,6 +85,8 @@ class PretrainConfig:
         backbones.get(self.backbone).check(self.pipeline.image_size, self.alpha)
         augment.parse(self.augment)
         self.pipeline.check_cache_folder()
+        if self.memory_budget is not None:
+            memory.parse_size(self.memory_budget)
 
 
 def pretrain(config: PretrainConfig, *, extra_callbacks: tuple = (), log: Callable[[str], None] = print) -> dict:
@@ -99,6 +102,7 @@ def pretrain(config: PretrainConfig, *, extra_callbacks: tuple = (), log: Callab
         base = backbone.build_base(config.pipeline.image_size, None, config.alpha)
         _follow_batch_statistics_faster(base)
         source, metadata = _open_data(config, dataset)
+        config = _with_cache(config, metadata, log)
         classifier = model_lib.build_classifier(
             backbone,
             base,
@@ -119,7 +123,7 @@ def pretrain(config: PretrainConfig, *, extra_callbacks: tuple = (), log: Callab
         )
         _compile(classifier, config, metadata, run_dir, log)
         clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
-        _fit(classifier, config, source, run_dir, clock, extra_callbacks)
+        _fit(classifier, config, source, run_dir, clock, extra_callbacks, log)
         run_dir.best.load_into(classifier)
         weights_file = run_dir.file(BASE_WEIGHTS)
         with atomic.replacing(weights_file, what="the pretrained weights") as temporary:
@@ -137,6 +141,16 @@ def _open_data(config: PretrainConfig, dataset: sources.DatasetSpec):
     return source, metadata
 
 
+def _with_cache(config: PretrainConfig, metadata, log) -> PretrainConfig:
+    """The config with its cache where the memory budget allows (training.memory_plan.image_cache)."""
+    budget = memory.MemoryBudget.detect(config.memory_budget)
+    examples = metadata.num_examples["train"] + metadata.num_examples["validation"]
+    cache, line = memory_plan.image_cache(config.pipeline, config.data_dir, examples, memory.Ledger(budget))
+    log(budget.describe())
+    log(line)
+    return dataclasses.replace(config, pipeline=dataclasses.replace(config.pipeline, cache=cache))
+
+
 def _compile(classifier, config: PretrainConfig, metadata, run_dir: RunDirectory, log) -> None:
     """The optimizer on a cosine decay over every planned step, its state restored on a resumed run."""
     steps_per_epoch = metadata.num_examples["train"] // config.pipeline.batch_size
@@ -149,10 +163,12 @@ def _compile(classifier, config: PretrainConfig, metadata, run_dir: RunDirectory
         log(f"Restored the optimizer state of epoch {run_dir.state.completed_epochs}")
 
 
-def _fit(classifier, config: PretrainConfig, source, run_dir: RunDirectory, clock, extra_callbacks) -> None:
+def _fit(classifier, config: PretrainConfig, source, run_dir: RunDirectory, clock, extra_callbacks, log) -> None:
     first = run_dir.state.completed_epochs
-    train_ds = pipeline.build(source, config.train_split, config.pipeline, training=True, epoch_offset=first)
-    val_ds = pipeline.build(source, config.val_split, config.pipeline, training=False)
+    train_ds = pipeline.build(
+        source, config.train_split, config.pipeline, training=True, epoch_offset=first, log=log
+    )
+    val_ds = pipeline.build(source, config.val_split, config.pipeline, training=False, log=log)
     clock.start(PHASE)
     try:
         classifier.fit(

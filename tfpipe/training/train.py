@@ -22,9 +22,9 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfpipe import atomic
+from tfpipe import atomic, memory
 from tfpipe.data import balance as balance_lib
-from tfpipe.data import pipeline, sources
+from tfpipe.data import pipeline, preprocessing, sources
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.inference import evaluation, report
@@ -34,7 +34,7 @@ from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
 from tfpipe.runs.state import RunDirectory
-from tfpipe.training import activations, callbacks, distribute, features, finetune
+from tfpipe.training import activations, callbacks, distribute, features, finetune, memory_plan
 from tfpipe.training.config import SPLIT_FLAGS, TrainConfig, check_train_split_fills_a_batch
 
 __all__ = ["TrainConfig", "train"]
@@ -73,13 +73,18 @@ def train(
             dataset=str(dataset),
             offline_dataset=dataset.is_local,
         )
-        _log_start(log, image_size_line, weights, strategy, placement, run_dir)
+        budget = memory.MemoryBudget.detect(config.memory_budget)
+        _log_start(log, [image_size_line, budget.describe()], weights, strategy, placement, run_dir)
         distribute.per_replica_batch(config.pipeline.batch_size, placement.num_replicas)
         if config.pipeline.seed is not None:
             keras.utils.set_random_seed(config.pipeline.seed)  # before any weight is created
         sources.check_spec(dataset, config.data_dir, config.csv)  # a typo fails before weights load
         base = _Base.build(config, weights, strategy)
-        data = _RunData.open(config, dataset, strategy)
+        data = _RunData.open(config, dataset, strategy, log)
+        plan = _plan_memory(config, budget, base, data)
+        for line in plan.lines:
+            log(line)
+        data = data.with_cache(plan.cache)
         _log_classes(log, data)
         _log_dropped(log, data)
         classifier = _build_classifier(config, base, data.metadata.num_classes, strategy)
@@ -87,7 +92,8 @@ def train(
         if weights.keras_weights is None and not run_dir.resumed:
             _calibrate_random_base(classifier, base.model, data, log)
         run_dir.start(classifier)
-        fitter = _PhaseFitter(config, run_dir, classifier, base, data, strategy, log)
+        preprocessing.write(run_dir.path, config.pipeline.preprocessing)  # what predict, evaluate, export read
+        fitter = _PhaseFitter(config, run_dir, classifier, base, data, plan, strategy, log)
         fitter.fit_all(extra_callbacks)
         _save_models(classifier, fitter.last_optimizer, config, data, run_dir, placement, strategy)
         test_scores = _evaluate_test(classifier, config, data, run_dir, placement, log)
@@ -102,7 +108,7 @@ def train(
             test_scores,
             fitter.clock.snapshot(),
             time.monotonic() - started,
-            cached_boundary=fitter.cached_boundary,
+            plan,
         )
         _write_results(results, run_dir, placement)
         return results
@@ -115,9 +121,10 @@ def _model_dir(config: TrainConfig, placement) -> str:
     return os.path.join(config.model_dir, "workers", placement.task)
 
 
-def _log_start(log, image_size_line, weights, strategy, placement, run_dir) -> None:
+def _log_start(log, settings: list[str], weights, strategy, placement, run_dir) -> None:
     log(f"Weights: {weights.description}")
-    log(image_size_line)
+    for line in settings:  # the image size and the memory budget, and why
+        log(line)
     if placement.num_replicas > 1 or placement.task:
         log(
             f"Strategy: {type(strategy).__name__}, {placement.num_replicas} replicas"
@@ -181,9 +188,10 @@ class _RunData:
     strategy: tf.distribute.Strategy
     augmentation: keras.layers.Layer | None
     balance: balance_lib.ClassBalance  # the training split's class counts, and how they are corrected
+    log: Callable[[str], None]
 
     @classmethod
-    def open(cls, config: TrainConfig, dataset: sources.DatasetSpec, strategy) -> _RunData:
+    def open(cls, config: TrainConfig, dataset: sources.DatasetSpec, strategy, log) -> _RunData:
         source = sources.open_source(dataset, config.data_dir, config.csv)
         metadata = sources.describe(
             source,
@@ -199,7 +207,7 @@ class _RunData:
             augmentation = augment.build(augment.parse(config.augment), seed=config.pipeline.seed, dtype="float32")
         counts = tuple(source.class_counts(config.train_split))
         balance = balance_lib.ClassBalance(counts, config.class_weight, config.balance)
-        return cls(config, source, metadata, strategy, augmentation, balance)
+        return cls(config, source, metadata, strategy, augmentation, balance, log)
 
     def dataset(self, split: str, *, training: bool, epoch_offset: int = 0):
         """`split` as model.fit takes it under the run's strategy, from the data service if one is set."""
@@ -216,6 +224,7 @@ class _RunData:
                 epoch_offset=epoch_offset,
                 service=service,
                 balance=self.balance,  # applied to training datasets only
+                log=self.log,
             )
 
         return distribute.distributed(
@@ -230,9 +239,28 @@ class _RunData:
         """Examples a training epoch of `split` serves (oversampling repeats some)."""
         return self.balance.epoch_examples(self.source.count(split))
 
+    def with_cache(self, cache: str) -> _RunData:
+        """The same data, its pipelines caching where the memory plan says (memory, none, a store)."""
+        pipeline_config = dataclasses.replace(self.config.pipeline, cache=cache)
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, pipeline=pipeline_config))
+
     def local(self, split: str) -> tf.data.Dataset:
-        """`split` in order, on this process alone: no strategy, no service, no shuffle."""
-        return pipeline.build(self.source, split, self.config.pipeline, training=False)
+        """`split` in order, on this process alone: no strategy, no service, no shuffle. Read once,
+        so never cached: its decoded images would only add to the run's peak memory."""
+        once = dataclasses.replace(self.config.pipeline, cache=pipeline.CACHE_NONE)
+        return pipeline.build(self.source, split, once, training=False)
+
+
+def _plan_memory(config: TrainConfig, budget: memory.MemoryBudget, base: _Base, data: _RunData):
+    """Where the run keeps its decoded images, features and activations (training.memory_plan)."""
+    return memory_plan.plan(
+        config,
+        budget,
+        examples=sum(data.source.count(split) for split in (config.train_split, config.val_split)),
+        feature_size=int(base.model.output.shape[-1]),
+        base=base.model,
+        fine_tune_index=base.fine_tune_index,
+    )
 
 
 def _build_classifier(config: TrainConfig, base: _Base, num_classes: int, strategy) -> model_lib.TransferClassifier:
@@ -260,13 +288,14 @@ def _calibrate_random_base(classifier, base: keras.Model, data: _RunData, log) -
 class _PhaseFitter:
     """Fits the schedule's phases in turn, each from where the run directory left off."""
 
-    def __init__(self, config, run_dir: RunDirectory, classifier, base: _Base, data: _RunData, strategy, log):
+    def __init__(self, config, run_dir: RunDirectory, classifier, base: _Base, data: _RunData, plan, strategy, log):
         self.config, self.run_dir, self.classifier, self.base = config, run_dir, classifier, base
-        self.data, self.strategy, self.log = data, strategy, log
+        self.data, self.plan, self.strategy, self.log = data, plan, strategy, log
         self.clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
         self.last_optimizer = None
-        self.cached_boundary = None  # the boundary phase 2 cached activations at, described
-        self._val_ds = data.dataset(config.val_split, training=False)
+        # Made by the first end-to-end phase and kept for the next: each holds its split's cache
+        # (decoded images), which a second pipeline of the same split would hold again.
+        self._train_ds = self._val_ds = None
 
     def fit_all(self, extra_callbacks) -> None:
         with service_lib.watching(self.config.service()):
@@ -297,14 +326,13 @@ class _PhaseFitter:
                 finetune.freeze(self.base.model)
             else:
                 finetune.unfreeze_from(self.base.model, self.base.fine_tune_index)
-            fast = phase.name == finetune.FEATURE_EXTRACTION and config.uses_fast_feature_extraction
-            at = self._cache_boundary() if phase.name == finetune.FINE_TUNE else None
+            fast = phase.name == finetune.FEATURE_EXTRACTION and self.plan.fast_features
+            at = self.plan.boundary if phase.name == finetune.FINE_TUNE else None
             self.clock.start(phase.name)
             try:
                 if fast:
                     self._fit_head_on_features(phase, first, extra_callbacks)
                 elif at is not None:
-                    self.cached_boundary = at.describe()
                     self._fit_top_on_activations(phase, first, extra_callbacks, at)
                 else:
                     self._fit_end_to_end(phase, first, extra_callbacks)
@@ -317,14 +345,17 @@ class _PhaseFitter:
                 )
 
     def _fit_end_to_end(self, phase, first, extra_callbacks):
-        train_ds = self.data.dataset(self.config.train_split, training=True, epoch_offset=first)
-        self._fit(self.classifier, phase, first, train_ds, self._val_ds, extra_callbacks)
+        if self._train_ds is None:
+            self._train_ds = self.data.dataset(self.config.train_split, training=True, epoch_offset=first)
+            self._val_ds = self.data.dataset(self.config.val_split, training=False)
+        self._fit(self.classifier, phase, first, self._train_ds, self._val_ds, extra_callbacks)
 
     def _fit_head_on_features(self, phase, first, extra_callbacks):
         self.log("Fast feature extraction: running the frozen base once over the training and validation data")
         # Every worker extracts from all the data, locally; the head's fit distributes the features.
-        local = [self.data.local(split) for split in (self.config.train_split, self.config.val_split)]
-        (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local)
+        splits = (self.config.train_split, self.config.val_split)
+        local, counts = [self.data.local(split) for split in splits], [self.data.source.count(s) for s in splits]
+        (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local, counts)
         train_features = self._array_batches(train_x, train_y, training=True)
         val_features = self._array_batches(val_x, val_y, training=False)
         with self.strategy.scope():  # Keras gives a model the strategy it is created under
@@ -351,20 +382,12 @@ class _PhaseFitter:
         patience = self.config.early_stopping
         return [callbacks.StopAtPlateau(self.run_dir, phase.name, patience)] if patience else []
 
-    def _cache_boundary(self) -> activations.Boundary | None:
-        """Where phase 2 caches activations, or None to fine-tune end to end."""
-        if not self.config.may_cache_fine_tuning:
-            return None
-        examples = sum(self.data.source.count(split) for split in (self.config.train_split, self.config.val_split))
-        return activations.choose_boundary(
-            self.base.model, self.base.fine_tune_index, self.config.fine_tune_at, examples, self.log
-        )
-
     def _fit_top_on_activations(self, phase, first, extra_callbacks, at):
-        local = [self.data.local(split) for split in (self.config.train_split, self.config.val_split)]
+        splits = (self.config.train_split, self.config.val_split)
+        local, counts = [self.data.local(split) for split in splits], [self.data.source.count(s) for s in splits]
         with self.strategy.scope():
             bottom, top = activations.split_classifier(self.classifier, self.base.model, at)
-        (train_x, train_y), (val_x, val_y) = activations.extract(bottom, local)
+        (train_x, train_y), (val_x, val_y) = activations.extract(bottom, local, counts)
         single = len(at.tensors) == 1
         train_ds = self._array_batches(train_x[0] if single else train_x, train_y, training=True, epoch_offset=first)
         val_ds = self._array_batches(val_x[0] if single else val_x, val_y, training=False)
@@ -432,7 +455,7 @@ def _evaluate_test(classifier, config, data: _RunData, run_dir: RunDirectory, pl
         return None
     run_dir.best.load_into(classifier)
     trained = TrainedModel(
-        classifier, tuple(data.metadata.class_names), config.pipeline.image_size, run_dir.file(BEST_MODEL)
+        classifier, tuple(data.metadata.class_names), config.pipeline.preprocessing, run_dir.file(BEST_MODEL)
     )
     result, mistakes = evaluation.evaluate(trained, data.local(config.test_split), config.test_split)
     if placement.is_chief:
@@ -452,7 +475,7 @@ def results_record(
     test_scores,
     phase_seconds,
     seconds_this_call,
-    cached_boundary: str | None = None,
+    plan: memory_plan.MemoryPlan,
 ) -> dict:
     """What results.json holds, from what the run did: no side effects."""
     trained_seconds = sum(phase_seconds.values())
@@ -474,8 +497,11 @@ def results_record(
         },
         "image_size": config.pipeline.image_size,
         "fine_tune_at": base.fine_tune_index,
-        "fast_feature_extraction": config.uses_fast_feature_extraction,
-        "cached_fine_tuning": cached_boundary,  # where phase 2 cached activations, or None (end to end)
+        "fast_feature_extraction": plan.fast_features,
+        # where phase 2 cached activations, or None (end to end)
+        "cached_fine_tuning": plan.boundary.describe() if plan.boundary is not None else None,
+        "memory_budget_bytes": plan.budget.bytes,
+        "cache": plan.cache,  # where the decoded images were kept: memory, none or a store's folder
         "stopped_early": dict(state.stopped_early),  # phase -> epoch, with --early_stopping
         "dataset": metadata.name,
         "examples": metadata.num_examples,
