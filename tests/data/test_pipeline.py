@@ -78,13 +78,15 @@ def test_cached_contents_are_stable_while_the_order_changes(tiny_source, tmp_pat
         assert "manifest.json" in os.listdir(tmp_path / "cache" / folder)
 
 
-def test_the_shuffle_buffer_bounds_how_far_an_image_moves_forward(tiny_source):
-    """With a buffer of b, output i is drawn from source images [0, i + b): none moves up b or more."""
-    in_order = fingerprints(pipeline.build(tiny_source, SPLIT, _config(), training=False))
+def test_without_a_cache_the_shuffle_buffer_bounds_how_far_an_image_moves_forward(tiny_source):
+    """With a buffer of b, output i is drawn from source images [0, i + b): none moves up b or more.
+    (A cache shuffles its indices over the whole split instead: data.order.)"""
+    in_order = fingerprints(pipeline.build(tiny_source, SPLIT, _config(cache="none"), training=False))
     source_index = {image: i for i, image in enumerate(in_order)}
 
     def furthest_move_forward(buffer):
-        epoch = fingerprints(pipeline.build(tiny_source, SPLIT, _config(shuffle_buffer=buffer), training=True))
+        config = _config(shuffle_buffer=buffer, cache="none")
+        epoch = fingerprints(pipeline.build(tiny_source, SPLIT, config, training=True))
         assert sorted(epoch) == sorted(in_order)
         return max(source_index[image] - position for position, image in enumerate(epoch))
 
@@ -165,3 +167,19 @@ def test_unwritable_cache_path(tiny_source, tmp_path):
     blocker.write_text("x")
     with pytest.raises(TfpipeError, match="--cache=.* is not a writable folder"):
         pipeline.build(tiny_source, SPLIT, _config(cache=str(blocker / "cache")), training=True)
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_an_epochs_order_is_a_function_of_the_seed_and_the_epoch_and_can_start_at_any_step(tiny_source, cache):
+    config = _config(seed=5, cache=cache)
+    made = pipeline.Pipeline(tiny_source, SPLIT, config)
+    epoch_2 = fingerprints(made.batches(training=True, epoch=2))
+    assert fingerprints(pipeline.Pipeline(tiny_source, SPLIT, config).batches(training=True, epoch=2)) == epoch_2
+    assert sorted(epoch_2) == sorted(fingerprints(made.batches(training=True, epoch=3))) != []
+    assert epoch_2 != fingerprints(made.batches(training=True, epoch=3))
+    # From step 3 of 4: the last batch of the same epoch, nothing else.
+    assert fingerprints(made.batches(training=True, epoch=2, start_step=3)) == epoch_2[24:]
+    # Epochs 1-3 in one stream, epoch 1 from step 2: the same batches as each epoch alone.
+    stream = fingerprints(made.epochs(1, 4, start_step=2))
+    whole = [fingerprints(made.batches(training=True, epoch=e)) for e in (1, 2, 3)]
+    assert stream == whole[0][16:] + whole[1] + whole[2]

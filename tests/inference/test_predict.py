@@ -35,7 +35,7 @@ def multiclass_run(tmp_path_factory):
     keras.Model(inputs, keras.layers.Dense(5)(features)).save(model_dir / "best.keras")
     names = ["circle", "ellipse", "rectangle", "square", "triangle"]
     (model_dir / "results.json").write_text(json.dumps({"class_names": names, "num_classes": 5}))
-    preprocessing.write(str(model_dir), preprocessing.Preprocessing(32))
+    (model_dir / "preprocessing.json").write_text(json.dumps(preprocessing.Preprocessing(32).record()))
     return str(model_dir)
 
 

@@ -29,13 +29,19 @@ def test_extract_gives_every_examples_pooled_features_in_order():
     np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_training_features_are_reshuffled_every_epoch_and_evaluation_ones_are_not():
+def test_training_features_are_in_each_epochs_own_order_and_evaluation_ones_in_theirs():
     x = np.arange(20, dtype=np.float32)[:, None]
     y = np.arange(20) % 2
-    training = features.feature_datasets(x, y, 8, training=True, seed=1)
-    epochs = [np.concatenate([batch.numpy()[:, 0] for batch, _ in training]) for _ in range(2)]
-    assert all(len(epoch) == 16 for epoch in epochs)  # two full batches: the remainder is dropped
+
+    def epoch(number, start_step=0):
+        training = features.feature_datasets(x, y, 8, training=True, seed=1, epoch=number, start_step=start_step)
+        return np.concatenate([batch.numpy()[:, 0] for batch, _ in training])
+
+    epochs = [epoch(0), epoch(1)]
+    assert all(len(e) == 16 and len(set(e)) == 16 for e in epochs)  # two full batches: the remainder dropped
     assert not np.array_equal(epochs[0], epochs[1])
+    np.testing.assert_array_equal(epoch(1), epochs[1])  # a function of (seed, epoch)
+    np.testing.assert_array_equal(epoch(1, start_step=1), epochs[1][8:])
     evaluation = features.feature_datasets(x, y, 8, training=False, seed=1)
     np.testing.assert_array_equal(np.concatenate([b.numpy()[:, 0] for b, _ in evaluation]), x[:, 0])
 

@@ -15,13 +15,13 @@ import os
 
 from absl import flags
 
-from tfpipe.cli import data_flags, launch
+from tfpipe.cli import data_flags, launch, run_flags
 from tfpipe.models import backbones
 from tfpipe.models import classifier as model
 from tfpipe.training.pretrain import PretrainConfig, pretrain
 
 FLAGS = flags.FLAGS
-FLAG_MODULES = (data_flags.__name__,)
+FLAG_MODULES = (data_flags.__name__, run_flags.__name__)
 _DEFAULTS = PretrainConfig(model_dir="")
 
 # The data flags are shared with train; pretraining has its own dataset, size and splits.
@@ -73,6 +73,7 @@ def config_from_flags() -> PretrainConfig:
         learning_rate=FLAGS.learning_rate,
         optimizer=FLAGS.optimizer,
         memory_budget=FLAGS.memory_budget,
+        checkpoint_every=FLAGS.checkpoint_every,
         overwrite=FLAGS.overwrite,
     )
 

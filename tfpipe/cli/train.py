@@ -14,7 +14,7 @@ import os
 
 from absl import flags
 
-from tfpipe.cli import data_flags, launch
+from tfpipe.cli import data_flags, launch, run_flags
 from tfpipe.data import balance
 from tfpipe.models import backbones
 from tfpipe.models import classifier as model
@@ -23,7 +23,7 @@ from tfpipe.training import distribute
 from tfpipe.training.train import TrainConfig, train
 
 FLAGS = flags.FLAGS
-FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's own
+FLAG_MODULES = (data_flags.__name__, run_flags.__name__)  # shown by --help besides this module's own
 _DEFAULTS = TrainConfig(model_dir="")  # every flag's default is the library's
 
 flags.DEFINE_enum("backbone", _DEFAULTS.backbone, list(backbones.BACKBONES), "Pretrained base.")
@@ -127,6 +127,7 @@ def config_from_flags() -> TrainConfig:
         data_service_sharding=FLAGS.data_service_sharding,
         data_service_timeout=FLAGS.data_service_timeout,
         memory_budget=FLAGS.memory_budget,
+        checkpoint_every=FLAGS.checkpoint_every,
         overwrite=FLAGS.overwrite,
         export=FLAGS.export,
     )

@@ -41,7 +41,7 @@ class ArrayCache:
         self._element_spec = element_spec
         self._specs = specs
         self._capacity = capacity
-        self._arrays, self._size, self._written = _on_the_host(
+        self._arrays, self._size, self._written = on_the_host(
             lambda: (
                 [
                     tf.Variable(tf.zeros([0, *spec.shape], spec.dtype), shape=[None, *spec.shape], trainable=False)
@@ -71,6 +71,15 @@ class ArrayCache:
         if known >= 0:  # keep a known size known, for Keras' steps per epoch
             indices = indices.apply(tf.data.experimental.assert_cardinality(known))
         return indices
+
+    def fill(self, examples: tf.data.Dataset) -> int:
+        """Fills the cache now, in one pass over `examples`; returns how many it holds. Afterwards
+        count and labels are known in Python, for the epochs' orders drawn over them."""
+        for _ in self.indices(examples).batch(1024):
+            pass
+        self.count = max(int(self._size.numpy()), 0)
+        self.labels = self._arrays[1][: self.count].numpy()  # the element's second component
+        return self.count
 
     def gather(self, indices: tf.Tensor):
         """The cached examples at `indices` (a batch of indices gives a batch of examples)."""
@@ -122,7 +131,7 @@ class ArrayCache:
         return [self._size.assign(self._written.read_value(), read_value=False)]
 
 
-def _on_the_host(make_variables):
+def on_the_host(make_variables):
     """make_variables() run eagerly, on the CPU, outside any tf.distribute strategy.
 
     The cache belongs to the input pipeline, which runs on the host. Under a

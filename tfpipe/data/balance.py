@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from tfpipe.errors import TfpipeError
@@ -100,6 +101,22 @@ class ClassBalance:
         if exact:
             repeated = repeated.apply(tf.data.experimental.assert_cardinality(self.epoch_examples(0)))
         return repeated
+
+    def oversample_table(self, labels) -> np.ndarray | None:
+        """The indices of an oversampled epoch of examples with `labels`, each repeated as the module
+        docstring says (the j-th example of a class met in label order); None without oversampling.
+        An epoch then draws its order over this table (data.order)."""
+        if not self.oversamples:
+            return None
+        labels = np.asarray(labels, np.int64)
+        most = max(self.counts)
+        seen = np.zeros(len(self.counts), np.int64)
+        repeats = np.empty(len(labels), np.int64)
+        for i, label in enumerate(labels):
+            j, n = seen[label], max(self.counts[label], 1)
+            repeats[i] = (j + 1) * most // n - j * most // n
+            seen[label] += 1
+        return np.repeat(np.arange(len(labels), dtype=np.int64), repeats)
 
     def add_weights(self, batches: tf.data.Dataset) -> tf.data.Dataset:
         """(images, labels) batches -> (images, labels, sample weights); unchanged without class weights."""

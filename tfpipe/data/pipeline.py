@@ -10,8 +10,10 @@ The cache (--cache) holds each image decoded and resized, once:
   auto    (the default) memory when the split fits the memory budget (tfpipe.memory),
           otherwise the store under DATA_DIR/tfpipe_store (choose_cache);
   none    decode every epoch.
-With a cache the shuffle and batch stages work on indices, and each batch is gathered
-from the cache with one copy right after batch().
+With a cache, which is filled in one pass before the first batch, an epoch is a permutation
+of indices drawn from (seed, epoch) (data.order), batched, and each batch is gathered from
+the cache with one copy. Without one, the encoded images are shuffled in a buffer
+(--shuffle_buffer) seeded by (seed, epoch), then decoded.
 
 Why this order:
 - Decoding and resizing are the only deterministic per-image work; everything
@@ -38,7 +40,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfpipe import memory
-from tfpipe.data import store
+from tfpipe.data import order, store
 from tfpipe.data.preprocessing import RESIZE_METHOD, Preprocessing, decode_and_resize  # noqa: F401 (re-exported)
 from tfpipe.data.array_cache import ArrayCache
 from tfpipe.errors import TfpipeError
@@ -139,6 +141,140 @@ def choose_cache(requested: str, examples: int, image_bytes: int, ledger: memory
     return store_root, f"Cache: a decoded store on disk in {store_root}: {sizes}, more than the {budget}"
 
 
+class Pipeline:
+    """One split of a source, decoded and resized, kept where config.cache says (filled now, in
+    one pass), and batched for any epoch: batches(epoch=e) gives epoch e in its order, a function
+    of (seed, e) alone (data.order), from any step.
+
+    shard: (num_shards, index) for one of several input pipelines (tf.distribute); each
+      decodes and caches only its own share.
+    max_examples: use only the first examples of the split (a bounded benchmark); the cache
+      then holds exactly them.
+    service: a tfpipe.data.service.DataService: everything before prefetch runs on its
+      workers, without a cache (it would not outlive the epoch there), reshuffled at each pass.
+    seed: the order's seed; None: config.seed, or one drawn now (a run passes the seed it recorded).
+    log: where the decoded store says what it writes or reads.
+    """
+
+    def __init__(
+        self,
+        source,
+        split: str,
+        config: PipelineConfig,
+        *,
+        shard: tuple[int, int] | None = None,
+        max_examples: int | None = None,
+        service=None,
+        seed: int | None = None,
+        log: Callable[[str], None] = logging.info,
+    ):
+        if config.image_size is None:
+            raise ValueError("PipelineConfig.image_size is None: size the config first (PipelineConfig.sized)")
+        self.config, self.service = config, service
+        self.seed = seed if seed is not None else config.seed if config.seed is not None else order.draw_seed()
+        encoded = source.encoded(split, whole=service is None or not service.dynamic)
+        if shard is not None:
+            encoded = encoded.shard(*shard)
+        if max_examples is not None:
+            encoded = encoded.take(max_examples)
+        self._encoded = encoded
+        self._whole = shard is None and service is None and max_examples is None  # the split, all of it
+        self.count = _exact_count(source, split, shard, max_examples)
+        # An ArrayCache or a DecodedStore, filled now: batches are then gathered by index.
+        self.cache = None if service is not None else _cache(config, source, split, shard, max_examples, self, log)
+        if self.cache is not None:
+            self.count = self.cache.count
+
+    def steps(self, balance=None) -> int:
+        """Training batches of an epoch: the examples it serves (oversampling repeats some), less the
+        last partial batch."""
+        if self.cache is not None and balance is not None and balance.oversamples:
+            examples = len(balance.oversample_table(self.cache.labels))
+        else:
+            examples = _epoch_examples(balance, self.count)
+        return examples // self.config.batch_size
+
+    def decoded(self) -> tf.data.Dataset:
+        """(uint8 image, label) of every example, decoded and resized in parallel, in the source's order."""
+        decode = self.config.preprocessing.decode
+        return self._encoded.map(lambda encoded, label: (decode(encoded), label), num_parallel_calls=tf.data.AUTOTUNE)
+
+    def batches(self, *, training: bool, epoch=0, start_step=0, augmentation=None, balance=None) -> tf.data.Dataset:
+        """One epoch: (uint8 images [B, S, S, 3], int64 labels [B][, sample weights]) batches.
+
+        training: epoch `epoch`'s order from step `start_step`, the last partial batch dropped
+          (without a cache, epoch None: an order of its own at each pass); otherwise every
+          example in order.
+        augmentation: a Keras layer applied to each training batch inside the pipeline; leave
+          None when augmentation runs in the model.
+        balance: a tfpipe.data.balance.ClassBalance for training batches: oversampled and/or
+          weighted (images, labels, sample weights).
+        """
+        batch_size = self.config.batch_size
+        balance = balance if training else None
+        if self.cache is not None:
+            dataset = order.indexed_batches(
+                self.cache,
+                batch_size,
+                training=training,
+                seed=self.seed,
+                epoch=epoch,
+                start_step=start_step,
+                table=balance.oversample_table(self.cache.labels) if balance is not None else None,
+            )
+        else:
+            dataset = self._encoded
+            if balance is not None:
+                dataset = balance.oversample(dataset, lambda example: example[1], exact=self._whole)
+            if training:
+                # The buffer holds encoded images (decoding comes after it): kilobytes each.
+                buffer = self.config.shuffle_buffer or _epoch_examples(balance, self.count)
+                if self.service is not None or epoch is None:  # an order of its own at each pass
+                    dataset = dataset.shuffle(buffer, seed=self.config.seed, reshuffle_each_iteration=True)
+                else:
+                    dataset = dataset.shuffle(buffer, seed=order.epoch_seed(self.seed, epoch))
+                    dataset = dataset.skip(start_step * batch_size)
+            decode = self.config.preprocessing.decode
+            dataset = dataset.map(lambda encoded, label: (decode(encoded), label), num_parallel_calls=tf.data.AUTOTUNE)
+            # A plain batch(): copying uint8 images is cheap, and a parallel batch's extra
+            # buffers cost memory for no speed on the benchmark machine.
+            dataset = dataset.batch(batch_size, drop_remainder=training)
+        if training and augmentation is not None:
+            dataset = dataset.map(
+                lambda images, labels: (augment_to_uint8(augmentation, images), labels),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        if balance is not None:
+            dataset = balance.add_weights(dataset)
+        if self.service is not None:
+            dataset = self.service.distribute(dataset)
+        return dataset.prefetch(PREFETCH_BATCHES).with_options(pipeline_options(self.seed))
+
+    def epochs(self, first: int, end: int, start_step: int = 0, **batch_options) -> tf.data.Dataset:
+        """Training batches of epochs first .. end-1 in one stream, epoch `first` from `start_step`."""
+
+        def one_epoch(epoch, start):
+            return self.batches(training=True, epoch=epoch, start_step=start, **batch_options)
+
+        batches = (end - first) * self.steps(batch_options.get("balance")) - start_step
+        stream = order.epochs(first, end, one_epoch, start_step)
+        return stream.apply(tf.data.experimental.assert_cardinality(batches)).with_options(pipeline_options(self.seed))
+
+    def every_pass_a_new_epoch(self, first_epoch: int = 0, **batch_options) -> tf.data.Dataset:
+        """Training batches, one epoch per pass over the dataset: epoch first_epoch, then the next
+        (for a loop that iterates the dataset once per epoch, as fit does without steps_per_epoch)."""
+        if self.service is not None or self.cache is None:  # the service's or tf.data's shuffle reorders each pass
+            return self.batches(training=True, epoch=None, **batch_options)
+        epochs = order.each_pass_next_epoch(first_epoch)
+        stream = epochs.flat_map(lambda epoch: self.batches(training=True, epoch=epoch, **batch_options))
+        known = tf.data.experimental.assert_cardinality(self.steps(batch_options.get("balance")))
+        return stream.apply(known).with_options(pipeline_options(self.seed))
+
+
+def _epoch_examples(balance, examples: int) -> int:
+    return balance.epoch_examples(examples) if balance is not None else examples
+
+
 def build(
     source,
     split: str,
@@ -153,67 +289,15 @@ def build(
     balance=None,
     log: Callable[[str], None] = logging.info,
 ) -> tf.data.Dataset:
-    """Batches of (uint8 images [B, S, S, 3], int64 labels [B]) from `split` of `source`.
+    """Batches of (uint8 images [B, S, S, 3], int64 labels [B]) from `split` of `source` (Pipeline).
 
-    training: shuffle (reshuffled every epoch) and drop the last partial batch.
-    augmentation: a Keras layer applied to each training batch inside the
-      pipeline; leave None when augmentation runs in the model.
-    shard: (num_shards, index) for one of several input pipelines
-      (tf.distribute); each decodes and caches only its own share.
-    epoch_offset: the first epoch this dataset serves (a resumed run), so a
-      seeded run does not replay the first epoch's order after a restart.
-    max_examples: use only the first examples of the split (a bounded benchmark);
-      the cache then holds exactly them.
-    service: a tfpipe.data.service.DataService: everything before prefetch runs
-      on its workers, without a cache (it would not outlive the epoch there).
-    balance: a tfpipe.data.balance.ClassBalance for training batches: oversampled
-      and/or weighted (images, labels, sample weights).
-    log: where the decoded store says what it writes or reads.
+    training: shuffled and without the last partial batch; each pass over the dataset is the
+      next epoch, in its order, from epoch `epoch_offset`.
     """
-    dataset = source.encoded(split, whole=service is None or not service.dynamic)
-    if shard is not None:
-        dataset = dataset.shard(*shard)
-    if max_examples is not None:
-        dataset = dataset.take(max_examples)
-    size = config.image_size
-    if size is None:
-        raise ValueError("PipelineConfig.image_size is None: size the config first (PipelineConfig.sized)")
-    decode = config.preprocessing.decode
-    decoded = dataset.map(lambda encoded, label: (decode(encoded), label), num_parallel_calls=tf.data.AUTOTUNE)
-    examples = _split_size(source, split, shard, max_examples)
-    cache = None  # an ArrayCache or a DecodedStore: the pipeline then shuffles and batches indices
-    if service is None:
-        cache = _cache(config, source, split, shard, max_examples, decoded, examples, log)
-    dataset = decoded if cache is None else cache.indices(decoded)
-    balance = balance if training else None
-    if balance is not None:
-        # Elements of a cache are indices: read the cached label, not the image too.
-        label_of = cache.label_of if cache is not None else lambda example: example[1]
-        whole = shard is None and service is None and max_examples is None
-        dataset = balance.oversample(dataset, label_of, exact=whole)
-        examples = balance.epoch_examples(examples)
-    if training:
-        seed = None if config.seed is None else config.seed + epoch_offset
-        # A store's images are all written before the first epoch: its 8-byte indices shuffle
-        # over the whole split at no cost. A memory cache fills during the first epoch, so a
-        # whole-split buffer there would decode everything before the first batch.
-        buffer = examples if isinstance(cache, store.DecodedStore) else config.shuffle_buffer or examples
-        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    # A plain batch(): copying uint8 images is cheap, and a parallel batch's extra
-    # buffers cost memory for no speed on the benchmark machine.
-    dataset = dataset.batch(config.batch_size, drop_remainder=training)
-    if cache is not None:
-        dataset = dataset.map(cache.gather, num_parallel_calls=tf.data.AUTOTUNE)
-    if training and augmentation is not None:
-        dataset = dataset.map(
-            lambda images, labels: (augment_to_uint8(augmentation, images), labels),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    if balance is not None:
-        dataset = balance.add_weights(dataset)
-    if service is not None:
-        dataset = service.distribute(dataset)
-    return dataset.prefetch(PREFETCH_BATCHES).with_options(pipeline_options(config.seed))
+    made = Pipeline(source, split, config, shard=shard, max_examples=max_examples, service=service, log=log)
+    if not training:
+        return made.batches(training=False)
+    return made.every_pass_a_new_epoch(epoch_offset, augmentation=augmentation, balance=balance)
 
 
 def augment_to_uint8(augmentation, images: tf.Tensor) -> tf.Tensor:
@@ -238,39 +322,39 @@ def pipeline_options(seed: int | None) -> tf.data.Options:
     return options
 
 
-def _split_size(source, split, shard, max_examples) -> int:
-    """Examples this pipeline reads (rounded up for a shard): the whole-split
-    shuffle buffer and the memory cache's capacity."""
+def _exact_count(source, split, shard, max_examples) -> int:
+    """Examples this pipeline reads: its share of the split (or the first max_examples)."""
     count = source.count(split)
     if max_examples is not None:
         count = min(count, max_examples)
     if shard is not None:
-        count = -(-count // shard[0])
-    return max(count, 1)
+        count = len(range(shard[1], count, shard[0]))
+    return count
 
 
-def _cache(config, source, split, shard, max_examples, decoded, examples, log):
-    """The ArrayCache or DecodedStore that config.cache asks for (auto: by the memory budget), or None."""
+def _cache(config, source, split, shard, max_examples, pipeline: Pipeline, log):
+    """The ArrayCache or DecodedStore that config.cache asks for (auto: by the memory budget),
+    filled; or None."""
     requested = config.cache
     if requested == CACHE_AUTO:  # a caller without a run's plan: this split alone against the budget
         ledger = memory.Ledger(memory.MemoryBudget.detect())
         root = os.path.join(_default_data_dir(), store.STORE_DIR)
-        requested, line = choose_cache(CACHE_AUTO, examples, config.image_bytes, ledger, root)
+        requested, line = choose_cache(CACHE_AUTO, pipeline.count, config.image_bytes, ledger, root)
         log(line)
-    if requested == CACHE_MEMORY:
-        return ArrayCache(decoded.element_spec, capacity=examples)
-    if requested == CACHE_NONE:
+    if requested == CACHE_NONE or pipeline.count == 0:
         return None
+    # Filled in the source's own order, as fast as the decoding threads go: an epoch's order is
+    # drawn over the cache's indices afterwards.
+    decoded = pipeline.decoded().with_options(pipeline_options(None))
+    if requested == CACHE_MEMORY:
+        cache = ArrayCache(decoded.element_spec, capacity=pipeline.count)
+        cache.fill(decoded)
+        return cache
     key = store.StoreKey(
         source.name, source.fingerprint(), split, config.image_size, config.decode_options, shard, max_examples
     )
     root = ensure_writable_dir(requested, flag="cache")
-    # The store is written from the source in its own order; training reads it by index.
-    unordered = decoded.with_options(pipeline_options(None))
-    count = min(source.count(split), max_examples or source.count(split))
-    if shard is not None:
-        count = len(range(shard[1], count, shard[0]))
-    return store.open_or_write(root, key, unordered, count, log)
+    return store.open_or_write(root, key, decoded, pipeline.count, log)
 
 
 def _default_data_dir() -> str:

@@ -5,9 +5,10 @@
     stretched (no crop, no padding) -> uint8 [S, S, 3]
 
 The model takes these bytes as they are and scales them itself (the backbone's own input
-scaling is its first layer). A run writes its Preprocessing into RUN/preprocessing.json
-when it starts; predict, evaluate, export_model (calibration and check) and bench_predict
-read it back rather than building a default pipeline, and every exported file's record
+scaling is its first layer). A run writes its Preprocessing's record into
+RUN/preprocessing.json when it starts (training.train); predict, evaluate, export_model
+(calibration and check) and bench_predict read it back (inference.predict.run_preprocessing)
+rather than building a default pipeline, and every exported file's record
 carries it, in words an app developer can follow (Preprocessing.instructions). A model
 scored on pixels decoded another way scores differently: a run trained without DCT
 scaling and evaluated with it lost 0.6 points on real photos (issue 33).
@@ -16,7 +17,6 @@ scaling and evaluated with it lost 0.6 points on real photos (issue 33).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import tensorflow as tf
 
@@ -78,27 +78,6 @@ class Preprocessing:
         if preprocessing.resize_method != RESIZE_METHOD:
             raise TfpipeError(f"{where} resizes with {preprocessing.resize_method!r}; tfpipe resizes {RESIZE_METHOD}")
         return preprocessing
-
-
-def write(model_dir: str, preprocessing: Preprocessing) -> None:
-    from tfpipe import atomic
-
-    atomic.write_json(os.path.join(model_dir, FILE), preprocessing.record())
-
-
-def of_run(model_dir: str) -> Preprocessing:
-    """The run's preprocessing: RUN/preprocessing.json, or for a run written before that file
-    existed, the settings its checkpoint recorded (the same values)."""
-    from tfpipe.runs import files as run_files
-
-    path = os.path.join(model_dir, FILE)
-    if os.path.isfile(path):
-        return Preprocessing.from_record(run_files.read_json(path), path)
-    settings = run_files.read_run_settings(model_dir)
-    try:
-        return Preprocessing(int(settings["pipeline.image_size"]), bool(settings["pipeline.jpeg_dct_scaling"]))
-    except (KeyError, TypeError, ValueError):
-        raise TfpipeError(f"--model_dir={model_dir} records no image size or decode options; train again") from None
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int, jpeg_dct_scaling: bool = True) -> tf.Tensor:

@@ -123,9 +123,24 @@ def load(model_dir: str | None, which: str = DEFAULT_MODEL) -> TrainedModel:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a file that is not a model
         raise TfpipeError(f"--model={which}: {path} is not a Keras model ({_first_line(error)})") from None
-    preprocessing = preprocessing_lib.of_run(model_dir)
+    preprocessing = run_preprocessing(model_dir)
     _check_fits(model.input_shape, model.output_shape[-1], class_names, path, preprocessing, LOGITS)
     return TrainedModel(model, class_names, preprocessing, path)
+
+
+def run_preprocessing(model_dir: str) -> preprocessing_lib.Preprocessing:
+    """The run's preprocessing: RUN/preprocessing.json, or for a run written before that file
+    existed, the settings its checkpoint recorded (the same values)."""
+    path = os.path.join(model_dir, run_files.PREPROCESSING)
+    if os.path.isfile(path):
+        return preprocessing_lib.Preprocessing.from_record(run_files.read_json(path), path)
+    settings = run_files.read_run_settings(model_dir)
+    try:
+        return preprocessing_lib.Preprocessing(
+            int(settings["pipeline.image_size"]), bool(settings["pipeline.jpeg_dct_scaling"])
+        )
+    except (KeyError, TypeError, ValueError):
+        raise TfpipeError(f"--model_dir={model_dir} records no image size or decode options; train again") from None
 
 
 def check_model_named(model_dir: str | None, which: str) -> None:
@@ -144,7 +159,7 @@ def _load_exported(model_dir: str | None, path: str, model_format: str) -> Train
     if "preprocessing" in record:
         preprocessing = preprocessing_lib.Preprocessing.from_record(record["preprocessing"], record_path)
     if model_dir:
-        preprocessing = preprocessing or preprocessing_lib.of_run(model_dir)
+        preprocessing = preprocessing or run_preprocessing(model_dir)
         run_names = tuple(run_files.read_results(model_dir).get("class_names") or ())
         if class_names and class_names != run_names:
             raise TfpipeError(

@@ -20,7 +20,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfpipe.errors import TfpipeError
-from tfpipe.models import backbones
+from tfpipe.models import backbones, step_timer
 
 AUGMENTATION_LAYER = "augmentation"
 BASE_LAYER = "base"
@@ -78,13 +78,18 @@ class TransferClassifier(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            scaled_loss = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply(gradients, variables)
+
+        def step():
+            with tf.GradientTape() as tape:
+                y_pred = self(x, training=True)
+                loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+                scaled_loss = self.optimizer.scale_loss(loss)
+            variables = self.trainable_variables
+            gradients = tape.gradient(scaled_loss, variables)
+            self.optimizer.apply(gradients, variables)
+            return y_pred, loss
+
+        y_pred, loss = step_timer.timed_step(self, step)  # how long the step computed: training.input_wait
         return self._metrics_after_step(x, y, y_pred, sample_weight, loss)
 
     def test_step(self, data):

@@ -13,6 +13,13 @@ one, never a mix; and in feature extraction a checkpoint is a few kilobytes, not
 the whole model. Training a base from scratch (tfpipe.training.pretrain) is the exception:
 its BatchNorm statistics change too, so there every weight is checkpointed
 (all_weights=True).
+
+Inside an epoch (--checkpoint_every), checkpoint/step-EEEE-SSSSSS.npz holds the same and
+the step's position: the epoch in progress and the steps of it done, the epoch's metric
+totals so far, and the random generators' states (dropout, augmentation), so a run killed
+inside an epoch resumes it at that step as if never stopped (training.resume). The order of
+an epoch is a function of the run's data seed (drawn once when none is given, kept here)
+and the epoch, so the position is these few numbers, never a buffer of images.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ class RunState:
     checkpoint_file: str | None = None
     optimizer_phase: str | None = None  # the phase whose optimizer the checkpoint holds
     stopped_early: dict = dataclasses.field(default_factory=dict)  # phase -> the epoch it stopped at (--early_stopping)
+    data_seed: int | None = None  # the seed of every epoch's order (data.order)
+    # Inside an epoch: {"epoch": 0-based epoch in progress, "step": steps of it done, "phase": name}
+    position: dict | None = None
 
 
 class BestWeights:
@@ -137,7 +147,15 @@ class RunDirectory:
 
     @property
     def resumed(self) -> bool:
-        return self.state.completed_epochs > 0
+        return self.state.completed_epochs > 0 or self.state.position is not None
+
+    def data_seed(self, candidate: int) -> int:
+        """The seed of the run's epoch orders: the one its state keeps, or `candidate` (--seed, or one
+        the caller drew), then kept in the state for every later resume."""
+        if self.state.data_seed is None:
+            self.state.data_seed = int(candidate)
+            self._write_state()
+        return self.state.data_seed
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -159,6 +177,7 @@ class RunDirectory:
         with np.load(os.path.join(self.checkpoint_dir, self.state.checkpoint_file)) as saved:
             _assign(model, saved, "current/")
             self.best.values = {int(k.split("/")[1]): saved[k] for k in saved.files if k.startswith("best/")}
+            _assign_list(random_state_variables(model), saved, "random/")
 
     def save_epoch(self, record: dict, model, optimizer, optimizer_phase: str, wall_seconds: dict) -> bool:
         """Records a finished epoch (`record["epoch"]` counts from 1); True if it is the best so far."""
@@ -166,34 +185,60 @@ class RunDirectory:
         improved = record.get("val_loss") is not None and (
             state.best_val_loss is None or record["val_loss"] < state.best_val_loss
         )
-        current = _changeable_values(model, self._all_weights)
         if improved:
             state.best_epoch, state.best_val_loss = record["epoch"], record["val_loss"]
-            self.best.values = current
+            self.best.values = _changeable_values(model, self._all_weights)
+        name = f"epoch-{record['epoch']:04d}.npz"
+        self._save_checkpoint(name, model, optimizer)
+        state.history = [r for r in state.history if r["epoch"] < record["epoch"]] + [record]
+        state.completed_epochs = record["epoch"]
+        state.checkpoint_file, state.optimizer_phase, state.position = name, optimizer_phase, None
+        state.wall_seconds = dict(wall_seconds)
+        self._write_state()
+        atomic.write_json(self.file(HISTORY), state.history)
+        self._remove_stale_files(keep={name, INITIAL_WEIGHTS, STATE_FILE})
+        return improved
+
+    def save_step(self, model, optimizer, phase: str, epoch: int, step: int, metrics: list, wall_seconds: dict) -> None:
+        """Records `step` steps done of (0-based) epoch `epoch`: the model, its optimizer, the random
+        generators and the epoch's metric totals so far, for a resume at that step."""
+        name = f"step-{epoch + 1:04d}-{step:06d}.npz"
+        self._save_checkpoint(name, model, optimizer, metrics)
+        state = self.state
+        state.checkpoint_file, state.optimizer_phase = name, phase
+        state.position = {"epoch": epoch, "step": step, "phase": phase}
+        state.wall_seconds = dict(wall_seconds)
+        self._write_state()
+        self._remove_stale_files(keep={name, INITIAL_WEIGHTS, STATE_FILE})
+
+    def saved_metrics(self) -> list[np.ndarray]:
+        """The epoch's metric totals a step checkpoint holds (empty for an epoch's)."""
+        with np.load(os.path.join(self.checkpoint_dir, self.state.checkpoint_file)) as saved:
+            count = sum(1 for k in saved.files if k.startswith("metrics/"))
+            return [saved[f"metrics/{i}"] for i in range(count)]
+
+    def _save_checkpoint(self, name: str, model, optimizer, metrics: list | None = None) -> None:
         store = {}
         optimizer.save_own_variables(store)
-        name = f"epoch-{record['epoch']:04d}.npz"
+        current = _changeable_values(model, self._all_weights)
         _save_npz_atomic(
             os.path.join(self.checkpoint_dir, name),
             {
                 **{f"current/{i}": value for i, value in current.items()},
                 **{f"best/{i}": value for i, value in self.best.values.items()},
                 **{f"optimizer/{key}": value for key, value in store.items()},
+                **{f"random/{i}": v.numpy() for i, v in enumerate(random_state_variables(model))},
+                **{f"metrics/{i}": np.asarray(value) for i, value in enumerate(metrics or [])},
             },
         )
-        state.history = [r for r in state.history if r["epoch"] < record["epoch"]] + [record]
-        state.completed_epochs = record["epoch"]
-        state.checkpoint_file, state.optimizer_phase = name, optimizer_phase
-        state.wall_seconds = dict(wall_seconds)
-        atomic.write_json(os.path.join(self.checkpoint_dir, STATE_FILE), dataclasses.asdict(state))
-        atomic.write_json(self.file(HISTORY), state.history)
-        self._remove_stale_files(keep={name, INITIAL_WEIGHTS, STATE_FILE})
-        return improved
+
+    def _write_state(self) -> None:
+        atomic.write_json(os.path.join(self.checkpoint_dir, STATE_FILE), dataclasses.asdict(self.state))
 
     def record_early_stop(self, phase: str, epoch: int) -> None:
         """Notes that `phase` ended at `epoch` on a validation plateau, so a resumed run does not reopen it."""
         self.state.stopped_early[phase] = epoch
-        atomic.write_json(os.path.join(self.checkpoint_dir, STATE_FILE), dataclasses.asdict(self.state))
+        self._write_state()
 
     def restore_optimizer(self, optimizer, variables, phase: str) -> bool:
         """Loads the optimizer state saved by `phase`; False when there is none to load."""
@@ -241,6 +286,19 @@ def _changeable_values(model, all_weights: bool = False) -> dict[int, np.ndarray
         return {i: v.numpy() for i, v in enumerate(model.weights)}
     index = {id(v): i for i, v in enumerate(model.weights)}
     return {index[id(v)]: v.numpy() for v in model.trainable_variables}
+
+
+def random_state_variables(model) -> list:
+    """The states of the model's random generators (Keras' SeedGenerator: dropout, augmentation), in a
+    fixed order: variables of the model that are not its weights."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _assign_list(variables, saved, prefix: str) -> None:
+    for i, variable in enumerate(variables):
+        if f"{prefix}{i}" in saved.files:
+            variable.assign(saved[f"{prefix}{i}"])
 
 
 def _assign_values(model, values: dict[int, np.ndarray]) -> None:

@@ -18,7 +18,7 @@ from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.models import augment, backbones
 from tfpipe.models import classifier as model_lib
-from tfpipe.training import distribute
+from tfpipe.training import distribute, resume
 
 # Each split's role -> the setting (and flag) that names it, for messages about it.
 SPLIT_FLAGS = {"train": "train_split", "validation": "val_split", "test": "test_split"}
@@ -74,6 +74,8 @@ class TrainConfig:
     # How much memory the run's data may hold, e.g. "8GB"; None: the process's memory less a
     # margin (tfpipe.memory). Where the data is kept, not what is computed: not fingerprinted.
     memory_budget: str | None = None
+    # When to save inside an epoch (training.resume): "10m", "500steps", or "epoch" for epoch ends only.
+    checkpoint_every: str = resume.DEFAULT_EVERY
     overwrite: bool = False
     export: bool = True  # write export/, the SavedModel (6-7 s on 2 CPU cores, tracing it)
     verbose: int | str = "auto"
@@ -94,6 +96,7 @@ class TrainConfig:
             "data_service_sharding",
             "data_service_timeout",
             "memory_budget",
+            "checkpoint_every",
         }
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ignored}
         values.update({f"pipeline.{k}": v for k, v in dataclasses.asdict(self.pipeline).items() if k != "cache"})
@@ -132,6 +135,7 @@ class TrainConfig:
         self.pipeline.check_cache_folder()
         if self.memory_budget is not None:
             memory.parse_size(self.memory_budget)
+        resume.Every.parse(self.checkpoint_every)
         distribute.check_strategy(self.strategy)
         self.service()
 

@@ -20,6 +20,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from tfpipe.data import order
 from tfpipe.errors import TfpipeError
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
@@ -122,35 +123,50 @@ def per_replica_batch(global_batch: int, num_replicas: int) -> int:
 
 def distributed(
     strategy: tf.distribute.Strategy,
-    make_dataset: Callable[[int, tuple[int, int] | None], tf.data.Dataset],
+    make_epochs: Callable,
     global_batch: int,
     *,
     examples: int,
     training: bool,
+    epochs: tuple[int, int, int] | None = None,
 ):
     """A dataset for model.fit under `strategy`, in which no replica ever gets an empty batch.
 
-    make_dataset(batch_size, shard) builds one input pipeline of (x, y) or
-    (x, y, sample_weight) batches, dropping the last partial batch when
-    training; shard is (pipelines, this pipeline's index) when there are several.
-    examples: how many examples the whole dataset serves in an epoch (all pipelines).
+    make_epochs(batch_size, shard) prepares one input pipeline (its cache filled, in Python) and
+    returns one_epoch(epoch, start_step) -> that epoch's (x, y) or (x, y, sample_weight) batches,
+    without the last partial batch when training; shard is (pipelines, this pipeline's index)
+    when there are several. examples: how many examples an epoch serves in all.
+    epochs: (first, end, start_step): a training stream of epochs first .. end-1 in one
+      dataset, epoch `first` from step `start_step`, for fit with steps_per_epoch;
+      None: one epoch (epoch 0), as evaluation and the data service read it.
 
     On one replica the plain dataset is returned, so Keras keeps its known size.
     On several, each pipeline serves the same number of steps, and every replica
     a full batch at each step (see replica_batches). Callers check
     per_replica_batch() before any long work; it is not repeated here.
     """
-    if strategy.num_replicas_in_sync == 1 and not getattr(strategy, "cluster_resolver", None):
-        return make_dataset(global_batch, None)
     steps = steps_per_epoch(examples, global_batch, training=training)
+
+    def stream(batch_size, shard, fitted):
+        one_epoch = make_epochs(batch_size, shard)
+        if epochs is None:
+            return fitted(one_epoch(0, 0), steps)
+        first, end, start_step = epochs
+        return order.epochs(first, end, lambda epoch, start: fitted(one_epoch(epoch, start), steps - start), start_step)
+
+    if strategy.num_replicas_in_sync == 1 and not getattr(strategy, "cluster_resolver", None):
+        return stream(global_batch, None, lambda batches, _: batches)
 
     def dataset_fn(context: tf.distribute.InputContext):
         pipelines = context.num_input_pipelines
         shard = (pipelines, context.input_pipeline_id) if pipelines > 1 else None
         per_replica = context.get_per_replica_batch_size(global_batch)
         local_replicas = strategy.num_replicas_in_sync // pipelines
-        batches = make_dataset(per_replica * local_replicas, shard)
-        return replica_batches(batches, per_replica, local_replicas, steps)
+        return stream(
+            per_replica * local_replicas,
+            shard,
+            lambda batches, count: replica_batches(batches, per_replica, local_replicas, count),
+        )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfpipe.data import order
 from tfpipe.models import classifier as model_lib
 
 
@@ -71,47 +72,61 @@ def feature_datasets(
     seed: int | None,
     balance=None,
     shard: tuple[int, int] | None = None,
+    epoch=0,
+    start_step=0,
 ) -> tf.data.Dataset:
     """Batches of (features, labels) as the pipeline makes batches of images: a training
-    dataset is shuffled every epoch and, given a ClassBalance, oversampled or weighted.
+    dataset is epoch `epoch` in its order (data.order), from `start_step`, and, given a
+    ClassBalance, oversampled or weighted.
     features: an array, or a tuple of arrays (activations at a boundary of several tensors).
     shard: (num_shards, index) for one of several input pipelines (tf.distribute)."""
     stored = StoredArrays(features, labels)
-    dataset = stored.indices()
+    table = None
     if shard is not None:
-        dataset = dataset.shard(*shard)
+        table = np.arange(shard[1], stored.count, shard[0], dtype=np.int64)
     balance = balance if training else None
-    if balance is not None:
-        dataset = balance.oversample(dataset, stored.label_of, exact=shard is None)
-    if training:
-        size = balance.epoch_examples(len(labels)) if balance is not None else len(labels)
-        dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)  # of 8-byte indices
-    dataset = dataset.batch(batch_size, drop_remainder=training).map(stored.gather)
+    if balance is not None and balance.oversamples:
+        mine = table if table is not None else np.arange(stored.count, dtype=np.int64)
+        table = mine[balance.oversample_table(labels[mine])]
+    if not training and table is not None:  # a shard read in order: its own examples only
+        stored = StoredArrays(tuple(array[table] for array in stored.arrays), labels[table], single=stored.single)
+        table = None
+    dataset = order.indexed_batches(
+        stored,
+        batch_size,
+        training=training,
+        seed=0 if seed is None else seed,
+        epoch=epoch,
+        start_step=start_step,
+        table=table,
+    )
     if balance is not None:
         dataset = balance.add_weights(dataset)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 class StoredArrays:
-    """Arrays in memory read by index in tf.data: indices() -> shuffle and batch -> gather(), as the
-    image cache and the decoded store are read; a batch is the only copy made."""
+    """Arrays in memory read by index in tf.data (data.order.indexed_batches): an epoch shuffles
+    and batches 8-byte indices and gathers each batch, the only copy made."""
 
-    def __init__(self, x, labels: np.ndarray):
-        self._single = not isinstance(x, tuple)
-        self._arrays = (x,) if self._single else x
-        self._labels = tf.constant(labels)  # 8 bytes an example
+    def __init__(self, x, labels: np.ndarray, single: bool | None = None):
+        self.single = not isinstance(x, tuple) if single is None else single
+        self.arrays = (x,) if not isinstance(x, tuple) else x
+        self.labels = np.asarray(labels)
+        self._labels = tf.constant(self.labels)  # 8 bytes an example
 
-    def indices(self) -> tf.data.Dataset:
-        return tf.data.Dataset.range(len(self._arrays[0]))
+    @property
+    def count(self) -> int:
+        return len(self.labels)
 
     def label_of(self, indices):
         return tf.gather(self._labels, indices)
 
     def gather(self, indices):
-        arrays = self._arrays
+        arrays = self.arrays
         dtypes = [tf.as_dtype(array.dtype) for array in arrays]
         batch = tf.numpy_function(lambda i: tuple(array[i] for array in arrays), [indices], dtypes, stateful=False)
         for tensor, array in zip(batch, arrays):
             tensor.set_shape([indices.shape[0], *array.shape[1:]])
-        x = batch[0] if self._single else tuple(batch)
+        x = batch[0] if self.single else tuple(batch)
         return x, self.label_of(indices)

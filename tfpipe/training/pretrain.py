@@ -22,7 +22,7 @@ from typing import Callable
 import keras
 
 from tfpipe import atomic, memory
-from tfpipe.data import pipeline, sources, splits
+from tfpipe.data import order, pipeline, sources, splits
 from tfpipe.data.builders import PRETRAINING_DATASET
 from tfpipe.errors import TfpipeError
 from tfpipe.models import augment, backbones
@@ -30,7 +30,7 @@ from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import RESULTS
 from tfpipe.runs.state import RunDirectory
-from tfpipe.training import callbacks, memory_plan
+from tfpipe.training import callbacks, memory_plan, resume
 from tfpipe.training.config import SPLIT_FLAGS, check_train_split_fills_a_batch
 
 PHASE = "pretrain"
@@ -56,6 +56,7 @@ class PretrainConfig:
     learning_rate: float = 2e-3
     optimizer: str = "adam"
     memory_budget: str | None = None  # tfpipe.memory; where the data is kept, not fingerprinted
+    checkpoint_every: str = resume.DEFAULT_EVERY  # saves inside an epoch (training.resume)
     overwrite: bool = False
     verbose: int | str = "auto"
 
@@ -64,7 +65,7 @@ class PretrainConfig:
         values = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in {"model_dir", "data_dir", "overwrite", "verbose", "pipeline", "memory_budget"}
+            if k not in {"model_dir", "data_dir", "overwrite", "verbose", "pipeline", "memory_budget", "checkpoint_every"}
         }
         values.update({f"pipeline.{k}": v for k, v in dataclasses.asdict(self.pipeline).items() if k != "cache"})
         return json.loads(json.dumps(values))
@@ -87,6 +88,7 @@ class PretrainConfig:
         self.pipeline.check_cache_folder()
         if self.memory_budget is not None:
             memory.parse_size(self.memory_budget)
+        resume.Every.parse(self.checkpoint_every)
 
 
 def pretrain(config: PretrainConfig, *, extra_callbacks: tuple = (), log: Callable[[str], None] = print) -> dict:
@@ -164,21 +166,28 @@ def _compile(classifier, config: PretrainConfig, metadata, run_dir: RunDirectory
 
 
 def _fit(classifier, config: PretrainConfig, source, run_dir: RunDirectory, clock, extra_callbacks, log) -> None:
-    first = run_dir.state.completed_epochs
-    train_ds = pipeline.build(
-        source, config.train_split, config.pipeline, training=True, epoch_offset=first, log=log
-    )
-    val_ds = pipeline.build(source, config.val_split, config.pipeline, training=False, log=log)
+    """Every epoch in its order (data.order), saved inside epochs as --checkpoint_every says, so a
+    killed pretraining resumes at the step it saved (training.resume)."""
+    seed = run_dir.data_seed(config.pipeline.seed if config.pipeline.seed is not None else order.draw_seed())
+    train_data = pipeline.Pipeline(source, config.train_split, config.pipeline, seed=seed, log=log)
+    val_data = pipeline.Pipeline(source, config.val_split, config.pipeline, seed=seed, log=log)
     clock.start(PHASE)
     try:
-        classifier.fit(
-            train_ds,
-            validation_data=val_ds,
-            shuffle=False,  # the pipeline shuffles, every epoch
-            initial_epoch=first,
-            epochs=config.epochs,
-            verbose=config.verbose,
+        resume.fit_resumable(
+            classifier,
+            run_dir=run_dir,
+            checkpointed=classifier,
+            phase=PHASE,
+            first=run_dir.state.completed_epochs,
+            end=config.epochs,
+            steps=train_data.count // config.pipeline.batch_size,
+            train_stream=lambda epochs: train_data.epochs(*epochs),
+            validation=val_data.batches(training=False),
+            every=resume.Every.parse(config.checkpoint_every),
+            clock=clock,
             callbacks=[callbacks.EpochRecorder(run_dir, classifier, PHASE, clock), *extra_callbacks],
+            verbose=config.verbose,
+            log=log,
         )
     finally:
         clock.stop()

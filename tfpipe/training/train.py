@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from tfpipe import atomic, memory
 from tfpipe.data import balance as balance_lib
-from tfpipe.data import pipeline, preprocessing, sources
+from tfpipe.data import order, pipeline, sources
 from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.inference import evaluation, report
@@ -32,9 +32,17 @@ from tfpipe.inference.predict import TrainedModel
 from tfpipe.models import augment, backbones
 from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
-from tfpipe.runs.files import BEST_MODEL, EXPORT_DIR, FINAL_MODEL, RESULTS, TENSORBOARD_DIR, TRAINING_CURVES
+from tfpipe.runs.files import (
+    BEST_MODEL,
+    EXPORT_DIR,
+    FINAL_MODEL,
+    PREPROCESSING,
+    RESULTS,
+    TENSORBOARD_DIR,
+    TRAINING_CURVES,
+)
 from tfpipe.runs.state import RunDirectory
-from tfpipe.training import activations, callbacks, distribute, features, finetune, memory_plan
+from tfpipe.training import activations, callbacks, distribute, features, finetune, memory_plan, resume
 from tfpipe.training.config import SPLIT_FLAGS, TrainConfig, check_train_split_fills_a_batch
 
 __all__ = ["TrainConfig", "train"]
@@ -92,8 +100,10 @@ def train(
         if weights.keras_weights is None and not run_dir.resumed:
             _calibrate_random_base(classifier, base.model, data, log)
         run_dir.start(classifier)
-        preprocessing.write(run_dir.path, config.pipeline.preprocessing)  # what predict, evaluate, export read
-        fitter = _PhaseFitter(config, run_dir, classifier, base, data, plan, strategy, log)
+        # What predict, evaluate and export read back (inference.predict.run_preprocessing).
+        atomic.write_json(run_dir.file(PREPROCESSING), config.pipeline.preprocessing.record())
+        every = _checkpoint_every(config, placement, log)
+        fitter = _PhaseFitter(config, run_dir, classifier, base, data, plan, strategy, every, log)
         fitter.fit_all(extra_callbacks)
         _save_models(classifier, fitter.last_optimizer, config, data, run_dir, placement, strategy)
         test_scores = _evaluate_test(classifier, config, data, run_dir, placement, log)
@@ -109,9 +119,30 @@ def train(
             fitter.clock.snapshot(),
             time.monotonic() - started,
             plan,
+            {
+                "every": every.describe(),
+                "saves": sum(saves for saves, _ in fitter.saves),
+                "seconds": round(sum(seconds for _, seconds in fitter.saves), 3),
+            },
         )
         _write_results(results, run_dir, placement)
         return results
+
+
+def _checkpoint_every(config: TrainConfig, placement, log) -> resume.Every:
+    """When the run saves inside an epoch (training.resume), and a line when it cannot as asked."""
+    every = resume.Every.parse(config.checkpoint_every)
+    if every.seconds is not None and placement.task:
+        # Workers must save at the same step; clocks do not agree on it (nor does Keras' BackupAndRestore).
+        log(
+            f"Checkpoints at epoch ends only: a multi-worker run saves inside an epoch by steps "
+            f"(--checkpoint_every=NNNsteps), not every {every.seconds:g} s"
+        )
+        return resume.Every()
+    if every.inside_epochs and config.service() is not None:
+        log("Checkpoints at epoch ends only: the tf.data service cannot restore a position inside an epoch")
+        return resume.Every()
+    return every
 
 
 def _model_dir(config: TrainConfig, placement) -> str:
@@ -189,6 +220,7 @@ class _RunData:
     augmentation: keras.layers.Layer | None
     balance: balance_lib.ClassBalance  # the training split's class counts, and how they are corrected
     log: Callable[[str], None]
+    pipelines: dict = dataclasses.field(default_factory=dict)  # (split, batch, shard) -> Pipeline, one cache each
 
     @classmethod
     def open(cls, config: TrainConfig, dataset: sources.DatasetSpec, strategy, log) -> _RunData:
@@ -207,33 +239,52 @@ class _RunData:
             augmentation = augment.build(augment.parse(config.augment), seed=config.pipeline.seed, dtype="float32")
         counts = tuple(source.class_counts(config.train_split))
         balance = balance_lib.ClassBalance(counts, config.class_weight, config.balance)
-        return cls(config, source, metadata, strategy, augmentation, balance, log)
+        return cls(config, source, metadata, strategy, augmentation, balance, log, {})
 
-    def dataset(self, split: str, *, training: bool, epoch_offset: int = 0):
-        """`split` as model.fit takes it under the run's strategy, from the data service if one is set."""
+    def dataset(self, split: str, *, training: bool, seed: int, epochs: tuple[int, int, int] | None = None):
+        """`split` as model.fit takes it under the run's strategy, from the data service if one is set.
+
+        training: a stream of epochs (first, end, start_step) in their orders (seed, epoch);
+        through the data service, one epoch that the service reshuffles at each pass."""
         service = self.config.service()
 
-        def make(batch_size, shard):
-            return pipeline.build(
-                self.source,
-                split,
-                dataclasses.replace(self.config.pipeline, batch_size=batch_size),
-                training=training,
-                augmentation=self.augmentation if training else None,
-                shard=shard,
-                epoch_offset=epoch_offset,
-                service=service,
-                balance=self.balance,  # applied to training datasets only
-                log=self.log,
-            )
+        def make_epochs(batch_size, shard):
+            made = self._pipeline(split, batch_size, shard, service, seed)
+            if not training:
+                return lambda epoch, start: made.batches(training=False)
+            options = dict(augmentation=self.augmentation, balance=self.balance)
+            if service is not None:
+                return lambda epoch, start: made.batches(training=True, **options)
+            return lambda epoch, start: made.batches(training=True, epoch=epoch, start_step=start, **options)
 
         return distribute.distributed(
             self.strategy,
-            make,
+            make_epochs,
             self.config.pipeline.batch_size,
             examples=self.epoch_examples(split) if training else self.source.count(split),
             training=training,
+            epochs=epochs if training and service is None else None,
         )
+
+    def _pipeline(self, split, batch_size, shard, service, seed) -> pipeline.Pipeline:
+        """The split's pipeline for this batch and shard, made (its cache filled) once per run: each
+        phase's datasets read the same cache."""
+        key = (split, batch_size, shard)
+        if key not in self.pipelines:
+            self.pipelines[key] = pipeline.Pipeline(
+                self.source,
+                split,
+                dataclasses.replace(self.config.pipeline, batch_size=batch_size),
+                shard=shard,
+                service=service,
+                seed=seed,
+                log=self.log,
+            )
+        return self.pipelines[key]
+
+    def steps(self, split: str) -> int:
+        """Training steps of an epoch of `split` (the last partial global batch dropped)."""
+        return distribute.steps_per_epoch(self.epoch_examples(split), self.config.pipeline.batch_size, training=True)
 
     def epoch_examples(self, split: str) -> int:
         """Examples a training epoch of `split` serves (oversampling repeats some)."""
@@ -242,7 +293,7 @@ class _RunData:
     def with_cache(self, cache: str) -> _RunData:
         """The same data, its pipelines caching where the memory plan says (memory, none, a store)."""
         pipeline_config = dataclasses.replace(self.config.pipeline, cache=cache)
-        return dataclasses.replace(self, config=dataclasses.replace(self.config, pipeline=pipeline_config))
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, pipeline=pipeline_config), pipelines={})
 
     def local(self, split: str) -> tf.data.Dataset:
         """`split` in order, on this process alone: no strategy, no service, no shuffle. Read once,
@@ -288,14 +339,18 @@ def _calibrate_random_base(classifier, base: keras.Model, data: _RunData, log) -
 class _PhaseFitter:
     """Fits the schedule's phases in turn, each from where the run directory left off."""
 
-    def __init__(self, config, run_dir: RunDirectory, classifier, base: _Base, data: _RunData, plan, strategy, log):
+    def __init__(
+        self, config, run_dir: RunDirectory, classifier, base: _Base, data: _RunData, plan, strategy, every, log
+    ):
         self.config, self.run_dir, self.classifier, self.base = config, run_dir, classifier, base
-        self.data, self.plan, self.strategy, self.log = data, plan, strategy, log
+        self.data, self.plan, self.strategy, self.every, self.log = data, plan, strategy, every, log
         self.clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
         self.last_optimizer = None
-        # Made by the first end-to-end phase and kept for the next: each holds its split's cache
-        # (decoded images), which a second pipeline of the same split would hold again.
-        self._train_ds = self._val_ds = None
+        # Every epoch's order: data.order. An unseeded run's drawn seed is kept in its state.
+        seed = config.pipeline.seed
+        self.seed = run_dir.data_seed(seed if seed is not None else order.draw_seed())
+        self.saves = []  # (saves, seconds) of each fit's StepCheckpoint
+        self._val_ds = None  # made by the first end-to-end phase, and kept (its cache fills once)
 
     def fit_all(self, extra_callbacks) -> None:
         with service_lib.watching(self.config.service()):
@@ -345,10 +400,15 @@ class _PhaseFitter:
                 )
 
     def _fit_end_to_end(self, phase, first, extra_callbacks):
-        if self._train_ds is None:
-            self._train_ds = self.data.dataset(self.config.train_split, training=True, epoch_offset=first)
-            self._val_ds = self.data.dataset(self.config.val_split, training=False)
-        self._fit(self.classifier, phase, first, self._train_ds, self._val_ds, extra_callbacks)
+        split = self.config.train_split
+
+        def train_stream(epochs):
+            return self.data.dataset(split, training=True, seed=self.seed, epochs=epochs)
+
+        if self._val_ds is None:
+            self._val_ds = self.data.dataset(self.config.val_split, training=False, seed=self.seed)
+        steps = None if self.config.service() is not None else self.data.steps(split)
+        self._fit(self.classifier, phase, first, train_stream, self._val_ds, steps, extra_callbacks)
 
     def _fit_head_on_features(self, phase, first, extra_callbacks):
         self.log("Fast feature extraction: running the frozen base once over the training and validation data")
@@ -356,26 +416,52 @@ class _PhaseFitter:
         splits = (self.config.train_split, self.config.val_split)
         local, counts = [self.data.local(split) for split in splits], [self.data.source.count(s) for s in splits]
         (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local, counts)
-        train_features = self._array_batches(train_x, train_y, training=True)
-        val_features = self._array_batches(val_x, val_y, training=False)
         with self.strategy.scope():  # Keras gives a model the strategy it is created under
             head = model_lib.head_of(self.classifier)
-        self._fit(head, phase, first, train_features, val_features, extra_callbacks)
+        self._fit_on_arrays(head, phase, first, (train_x, train_y), (val_x, val_y), extra_callbacks)
 
-    def _array_batches(self, x, y, *, training: bool, epoch_offset: int = 0):
+    def _fit_on_arrays(self, model, phase, first, train, val, extra_callbacks):
+        """Fits `model` on stored features or activations: (x, labels) pairs, x an array or a tuple."""
+        (train_x, train_y), (val_x, val_y) = train, val
+        steps = distribute.steps_per_epoch(
+            self.data.balance.epoch_examples(len(train_y)), self.config.pipeline.batch_size, training=True
+        )
+
+        def train_stream(epochs):
+            return self._array_batches(train_x, train_y, training=True, epochs=epochs)
+
+        val_ds = self._array_batches(val_x, val_y, training=False)
+        self._fit(model, phase, first, train_stream, val_ds, steps, extra_callbacks)
+
+    def _array_batches(self, x, y, *, training: bool, epochs=None):
         """Stored features or activations `x` (an array or a tuple of arrays) with labels `y`, batched
-        under the run's strategy as the pipeline batches images (shuffled, balanced when training)."""
-        seed = self.config.pipeline.seed
-        seed = None if seed is None else seed + epoch_offset
+        under the run's strategy as the pipeline batches images (each epoch in its order, balanced,
+        when training)."""
 
-        def make(batch_size, shard):
-            return features.feature_datasets(
-                x, y, batch_size, training=training, seed=seed, balance=self.data.balance, shard=shard
-            )
+        def make_epochs(batch_size, shard):
+            def one_epoch(epoch, start):
+                return features.feature_datasets(
+                    x,
+                    y,
+                    batch_size,
+                    training=training,
+                    seed=self.seed,
+                    balance=self.data.balance,
+                    shard=shard,
+                    epoch=epoch,
+                    start_step=start,
+                )
+
+            return one_epoch
 
         examples = self.data.balance.epoch_examples(len(y)) if training else len(y)
         return distribute.distributed(
-            self.strategy, make, self.config.pipeline.batch_size, examples=examples, training=training
+            self.strategy,
+            make_epochs,
+            self.config.pipeline.batch_size,
+            examples=examples,
+            training=training,
+            epochs=epochs if training else None,
         )
 
     def _plateau_stop(self, phase) -> list:
@@ -389,11 +475,13 @@ class _PhaseFitter:
             bottom, top = activations.split_classifier(self.classifier, self.base.model, at)
         (train_x, train_y), (val_x, val_y) = activations.extract(bottom, local, counts)
         single = len(at.tensors) == 1
-        train_ds = self._array_batches(train_x[0] if single else train_x, train_y, training=True, epoch_offset=first)
-        val_ds = self._array_batches(val_x[0] if single else val_x, val_y, training=False)
-        self._fit(top, phase, first, train_ds, val_ds, extra_callbacks)
+        train, val = (train_x[0] if single else train_x, train_y), (val_x[0] if single else val_x, val_y)
+        self._fit_on_arrays(top, phase, first, train, val, extra_callbacks)
 
-    def _fit(self, model, phase, first, train_ds, val_ds, extra_callbacks):
+    def _fit(self, model, phase, first, train_stream, val_ds, steps, extra_callbacks):
+        """Fits `model` through the rest of `phase` from epoch `first`: train_stream((first, end, start_step))
+        gives the training batches; steps: an epoch's steps (None: the data service's epochs,
+        whose position inside an epoch cannot be restored)."""
         num_classes = self.data.metadata.num_classes
         with self.strategy.scope():
             optimizer = model_lib.make_optimizer(self.config.optimizer, phase.learning_rate)
@@ -403,15 +491,21 @@ class _PhaseFitter:
             self.log(f"Restored the {phase.name} optimizer state of epoch {self.run_dir.state.completed_epochs}")
         self.last_optimizer = model.optimizer
         stopper = callbacks.StopOnNonFiniteLoss()
+        savers = []
         try:
             with _inputs_of_unknown_size():
-                model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    shuffle=False,  # the pipeline shuffles, every epoch
-                    initial_epoch=first,
-                    epochs=phase.end_epoch,
-                    verbose=self.config.verbose,
+                savers = resume.fit_resumable(
+                    model,
+                    run_dir=self.run_dir,
+                    checkpointed=self.classifier,
+                    phase=phase.name,
+                    first=first,
+                    end=phase.end_epoch,
+                    steps=steps,
+                    train_stream=train_stream,
+                    validation=val_ds,
+                    every=self.every,
+                    clock=self.clock,
                     callbacks=[
                         stopper,
                         callbacks.EpochRecorder(self.run_dir, self.classifier, phase.name, self.clock),
@@ -419,11 +513,14 @@ class _PhaseFitter:
                         keras.callbacks.TensorBoard(log_dir=self.run_dir.file(TENSORBOARD_DIR)),
                         *extra_callbacks,
                     ],
+                    verbose=self.config.verbose,
+                    log=self.log,
                 )
         finally:
             # Written per phase, not per epoch: the checkpoint keeps the best
             # weights, so a killed run loses nothing and the end of the run rewrites it.
             self.run_dir.best.save_model(self.classifier, self.run_dir.file(BEST_MODEL))
+            self.saves += [(saver.saves, saver.save_seconds) for saver in savers]
         if stopper.stopped_at_epoch is not None:
             state = self.run_dir.state
             kept = f"epoch {state.best_epoch} is kept in best.keras" if state.best_epoch else "no epoch finished"
@@ -476,6 +573,7 @@ def results_record(
     phase_seconds,
     seconds_this_call,
     plan: memory_plan.MemoryPlan,
+    checkpoints: dict | None = None,
 ) -> dict:
     """What results.json holds, from what the run did: no side effects."""
     trained_seconds = sum(phase_seconds.values())
@@ -502,6 +600,7 @@ def results_record(
         "cached_fine_tuning": plan.boundary.describe() if plan.boundary is not None else None,
         "memory_budget_bytes": plan.budget.bytes,
         "cache": plan.cache,  # where the decoded images were kept: memory, none or a store's folder
+        "checkpoints_inside_epochs": checkpoints,
         "stopped_early": dict(state.stopped_early),  # phase -> epoch, with --early_stopping
         "dataset": metadata.name,
         "examples": metadata.num_examples,
