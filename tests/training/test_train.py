@@ -69,6 +69,8 @@ def test_epochs_are_numbered_1_to_n_across_both_phases(tmp_path, data_dir):
             "val_accuracy",
             "learning_rate",
             "finished_at",
+            "input_wait",
+            "training_seconds",
         }
     assert [r["finished_at"] for r in history] == sorted(r["finished_at"] for r in history)
     # What the base has is test_model's business; here: the record reports both phases' counts.
@@ -278,3 +280,49 @@ def test_unwritable_model_dir(tmp_path, data_dir):
     blocker.write_text("x")
     with pytest.raises(TfpipeError, match="--model_dir=.* is not a writable folder"):
         train(tiny_train_config(tmp_path, data_dir, model_dir=str(blocker / "run")), log=lambda _: None)
+
+
+def test_every_epoch_records_its_input_wait_and_a_slow_pipeline_shows_in_it(tmp_path, data_dir, monkeypatch):
+    """The same tiny run twice, augmentation in the pipeline; in the second, every training batch
+    is held up 0.5 s there, while the tiny base's steps take milliseconds. Prefetching overlaps
+    some of the holds, never all: the second run's epochs wait seconds where the first's wait
+    hundredths, and say so."""
+    import time
+
+    import tensorflow as tf
+
+    from tfpipe.data import pipeline
+    from tfpipe.training import input_wait
+
+    augment = pipeline.augment_to_uint8
+
+    def slow(augmentation, images):
+        tf.py_function(lambda: time.sleep(0.5), [], [])
+        return augment(augmentation, images)
+
+    runs = {}
+    for name in ("plain", "slow"):
+        if name == "slow":
+            monkeypatch.setattr(pipeline, "augment_to_uint8", slow)
+        config = tiny_train_config(
+            tmp_path / name, data_dir, augment="flip=horizontal", augment_on="pipeline", initial_epochs=3, fine_tune_epochs=0
+        )
+        logged = []
+        runs[name] = (config, train(config, log=logged.append), _history(config), logged)
+    waited = {
+        name: [r["input_wait"] * r["training_seconds"] for r in history] for name, (_, _, history, _) in runs.items()
+    }
+    assert all(seconds < 0.15 for seconds in waited["plain"]), waited
+    assert all(seconds > 0.4 for seconds in waited["slow"]), waited
+    config, results, history, logged = runs["slow"]
+    assert all(slow > plain for slow, plain in zip((r["input_wait"] for r in history), (r["input_wait"] for r in runs["plain"][2])))
+    assert results["input_wait"]["run"] == pytest.approx(input_wait.share(history))
+    assert results["input_wait"]["feature_extraction"] == results["input_wait"]["run"]
+    assert results["input_wait"]["fine_tune"] is None
+    lines = [line for line in logged if line.startswith("Epoch 3: input wait")]
+    assert len(lines) == 1 and f"{history[2]['input_wait']:.0%}" in lines[0], logged
+    assert os.path.isfile(os.path.join(config.model_dir, "where_time_goes.png"))
+    first = results["first_epoch_seconds"]
+    assert first["total"] == pytest.approx(sum(first["seconds"].values()), abs=0.05)
+    assert list(first["seconds"])[0] == "imports and start-up" and "first epoch: tracing and steps" in first["seconds"]
+    assert any(line.startswith(f"First epoch ended {first['total']:.1f} s after launch") for line in logged)

@@ -48,6 +48,7 @@ def compare(
     baselines=CLASSIC_MODES,
     budget: memory.MemoryBudget | None = None,
     store_root: str | None = None,
+    model_rates: Callable | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict:
@@ -59,6 +60,9 @@ def compare(
       `budget` (default: the process's, tfpipe.memory), else to a decoded store in
       `store_root`. A store's writing is part of tfpipe's cold epoch, and then the
       memory cache is measured beside it when the split fits this machine's memory.
+    model_rates(source) -> {"frozen": images/s, "fine-tuning": images/s}: the model's training
+      step; given, each pipeline stage is measured alone too (bench.stages) and results["stages"]
+      holds them, the model's rates, the bound and the verdict line.
     The order matters: tfpipe's start-up first (cold files, the index cache as
     found); then one pass reads every file, so every pipeline finds them in the
     OS page cache; then tfpipe's epochs, before the classic ones, so its peak
@@ -123,7 +127,25 @@ def compare(
             start.source, split, config.image_size, config.batch_size, max_examples=start.max_examples, mode=mode
         )
         results.update(_baseline_record(mode, measure(BASELINE_RECORDS[mode][0], classic_ds), results["tfpipe"]))
+    if model_rates is not None:
+        results["stages"] = _stages(start, config, augmentation, model_rates, log)
     return results
+
+
+def _stages(start, config, augmentation, model_rates, log) -> dict:
+    from tfpipe.bench import stages
+
+    log("Each stage alone: reading, decoding, the cache, augmentation in the pipeline, the model's step")
+    rates = stages.pipeline_stages(start.source, start.split, config, start.pipeline, augmentation, start.max_examples)
+    model = model_rates(start.source)
+    bound, line = stages.verdict(rates, model)
+    return {
+        "pipeline": {name: rates[name] for name in stages.ADVICE},
+        "read_mb_per_sec": rates["read_mb_per_sec"],
+        "model": model,
+        "bound": bound,
+        "verdict": line,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +153,10 @@ class _StartUp:
     """The opened dataset, tfpipe's pipeline over it, and how long it took to its first batch."""
 
     source: sources.Source
+    split: str
     num_images: int
     max_examples: int | None
+    pipeline: pipeline.Pipeline
     dataset: tf.data.Dataset
     seconds: dict
     config: pipeline.PipelineConfig  # with its cache chosen
@@ -163,16 +187,15 @@ class _StartUp:
             config = dataclasses.replace(config, cache=cache)
             log(cache_line)
         said = []
-        dataset = pipeline.build(
+        made = pipeline.Pipeline(
             source,
             split,
             config,
-            training=True,
-            augmentation=augmentation,
             max_examples=max_examples,
             service=service,
             log=lambda line: said.append(line) or log(line),
         )
+        dataset = made.every_pass_a_new_epoch(0, augmentation=augmentation)
         built = time.monotonic()
         wrote_store = any(line.startswith(store.WRITING) for line in said)
         with service_lib.watching(service):
@@ -184,7 +207,7 @@ class _StartUp:
             "first_batch": round(first_batch - indexed, 2),
             "total": round(first_batch - started, 2),
         }
-        return cls(source, num_images, max_examples, dataset, seconds, config, cache_line, wrote_store)
+        return cls(source, split, num_images, max_examples, made, dataset, seconds, config, cache_line, wrote_store)
 
 
 def _baseline_record(mode: str, epochs: list[Epoch], tfpipe_rates: dict) -> dict:

@@ -1,13 +1,19 @@
-"""bench_input: images/s of the classic tutorial pipeline and of tfpipe's, on the same data.
+"""bench_input: images/s of the classic tutorial pipeline and of tfpipe's, on the same data, each
+stage of tfpipe's alone beside the model's training step, and what bounds training.
 
-    bench_input --dataset=tfpipe_shapes/large --epochs=3 --json=bench.json
+    bench_input --dataset=tfpipe_shapes/large --epochs=3 --json=bench.json --plot=stages.png
     bench_input --dataset=tfpipe_shapes/large --memory_budget=256MB   # the decoded store on disk
+    bench_input --dataset=folder:/data/pets --augment_on=pipeline     # is the pipeline's augmentation the bound?
 
 For each pipeline: the first (cold) epoch and the median of later (warm) epochs,
 and tfpipe's start-up to its first batch. The classic pipeline is measured twice:
 with no parallelism (the baseline of tfpipe's targets; "classic" and
 speedup_cold/speedup_warm in the JSON) and as it runs on TensorFlow's and tfds'
-default parallelism ("classic_tf_defaults"). When the split does not fit --memory_budget,
+default parallelism ("classic_tf_defaults"). Then each stage alone (reading the files, decode and
+resize, the cache, augmentation in the pipeline) and the model's training step at --backbone,
+--image_size, --batch_size and --augment_on, frozen and fine-tuning from --fine_tune_at
+(bench.stages): the last line says what bounds training and the flag that would move it
+(--nostages skips this). When the split does not fit --memory_budget,
 tfpipe's pipeline reads a decoded store on disk: its cold epoch includes writing the store,
 the memory cache is measured beside it where the split fits this machine, and a second
 process reads the store as the next run on the same data would ("second_process"). The
@@ -26,19 +32,23 @@ from absl import flags
 
 from tfpipe import memory
 from tfpipe.bench import pipelines as bench
-from tfpipe.cli import data_flags, errors, results_file
+from tfpipe.cli import data_flags, errors, model_flags, results_file
 from tfpipe.data import sources, splits, store
 from tfpipe.errors import TfpipeError
-from tfpipe.models import augment
+from tfpipe.models import augment, backbones
 
 FLAGS = flags.FLAGS
-FLAG_MODULES = (data_flags.__name__,)  # shown by --help besides this module's own
+FLAG_MODULES = (data_flags.__name__, model_flags.__name__)  # shown by --help besides this module's own
 
 flags.DEFINE_integer(
     "epochs", bench.DEFAULT_EPOCHS, "Epochs per pipeline: one cold, the rest warm; 1 measures the cold epoch only."
 )
 flags.DEFINE_integer("max_batches", None, "Use only the first max_batches x batch_size images of the split.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+flags.DEFINE_string("plot", None, "Also draw each stage's images/s against the model's training rates to this PNG file.")
+flags.DEFINE_boolean(
+    "stages", True, "Measure each pipeline stage alone and the model's training step, and say what bounds training."
+)
 flags.DEFINE_boolean(
     "classic", True, "Also measure the classic tutorial pipeline with no parallelism: the baseline of the targets."
 )
@@ -80,6 +90,21 @@ def main(argv):
         results = run()
     print(format_table(results))
     results_file.write(FLAGS.json, results)
+    if FLAGS.plot and "stages" in results:
+        from tfpipe.inference import report
+
+        title = (
+            f"{results['dataset']}, {results['image_size']} px, batch {results['batch_size']}, {FLAGS.backbone}, "
+            f"{results['cores']} cores\n{results['stages']['verdict']}"
+        )
+        report.plot_stages(results["stages"], FLAGS.plot, _wrapped(title))
+        print(f"Wrote {FLAGS.plot}")
+
+
+def _wrapped(text: str, width: int = 110) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in text.splitlines())
 
 
 def run() -> dict:
@@ -88,7 +113,8 @@ def run() -> dict:
     if FLAGS.max_batches is not None and FLAGS.max_batches <= 0:
         raise TfpipeError(f"--max_batches={FLAGS.max_batches} must be positive")
     splits.parse(FLAGS.train_split, flag="train_split")
-    config = data_flags.pipeline_config().sized(data_flags.DEFAULT_IMAGE_SIZE)
+    backbone = backbones.get(FLAGS.backbone)
+    config = data_flags.pipeline_config().sized(backbone.native_size)  # the size a run on this base would use
     data_service = data_flags.data_service()  # a malformed address fails now, before any data work
     steps = data_flags.augment_steps()
     augmentation = (
@@ -110,10 +136,32 @@ def run() -> dict:
         baselines=[mode for mode, (key, _) in bench.BASELINE_RECORDS.items() if FLAGS[key].value],
         budget=budget,
         store_root=os.path.join(FLAGS.data_dir or sources.default_data_dir(), store.STORE_DIR),
+        model_rates=_model_rates(config, steps) if FLAGS.stages else None,
     )
     if results["store"] is not None and results["store"]["written"] and FLAGS.second_process:
         results["second_process"] = _second_process(results["cache"])
     return results
+
+
+def _model_rates(config, augment_steps):
+    """The model's training step at the run's backbone, size, batch and augmentation placement
+    (random weights: the arithmetic is the same)."""
+
+    def measure(source) -> dict:
+        from tfpipe.bench import stages
+        from tfpipe.models import classifier
+        from tfpipe.training import finetune
+
+        backbone = backbones.get(FLAGS.backbone)
+        base = backbone.build_base(config.image_size, None, FLAGS.alpha)
+        in_model = augment.build(augment_steps, seed=FLAGS.seed) if FLAGS.augment_on == "model" else None
+        model = classifier.build_classifier(
+            backbone, base, config.image_size, source.num_classes, augmentation=in_model
+        )
+        index = finetune.resolve_fine_tune_at(base, FLAGS.fine_tune_at)
+        return stages.model_rates(model, base, index, config.image_size, config.batch_size, source.num_classes)
+
+    return measure
 
 
 def _second_process(store_root: str) -> dict:
@@ -196,7 +244,23 @@ def format_table(results: dict) -> str:
         f"{results['num_images']} images of {results['image_size']}px, batch {results['batch_size']}, "
         f"{results['cores']} cores"
     )
+    if "stages" in results:
+        lines += _stage_table(results["stages"])
     return "\n".join(lines)
+
+
+def _stage_table(stages: dict) -> list[str]:
+    width = 28
+    lines = [f"\n{'stage, alone':<{width}}{'images/s':>16}"]
+    read_mb = stages.get("read_mb_per_sec")
+    for name, rate in stages["pipeline"].items():
+        if rate is not None:
+            extra = f"  ({read_mb:,.1f} MB/s)" if name == "read" and read_mb else ""
+            lines.append(f"{name:<{width}}{_column(rate)}{extra}")
+    for phase, rate in stages["model"].items():
+        lines.append(f"{'model, ' + phase:<{width}}{_column(rate)}")
+    lines.append(f"bound: {stages['verdict']}")
+    return lines
 
 
 def _column(value, unit="") -> str:

@@ -16,8 +16,6 @@ FLAGS = flags.FLAGS
 # Defaults come from the library's own: a run from flags and one from TrainConfig() agree.
 _RUN = TrainConfig(model_dir="")
 _PIPELINE = _RUN.pipeline
-# The default backbone's own size: what a run with no --image_size and no --backbone uses.
-DEFAULT_IMAGE_SIZE = _RUN.image_size
 
 flags.DEFINE_string(
     "dataset",

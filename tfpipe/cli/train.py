@@ -14,20 +14,18 @@ import os
 
 from absl import flags
 
-from tfpipe.cli import data_flags, launch, run_flags
+from tfpipe.cli import data_flags, launch, model_flags, run_flags
 from tfpipe.data import balance
-from tfpipe.models import backbones
 from tfpipe.models import classifier as model
 from tfpipe.runs import files as run_files
 from tfpipe.training import distribute
 from tfpipe.training.train import TrainConfig, train
 
 FLAGS = flags.FLAGS
-FLAG_MODULES = (data_flags.__name__, run_flags.__name__)  # shown by --help besides this module's own
+# Shown by --help besides this module's own.
+FLAG_MODULES = (data_flags.__name__, model_flags.__name__, run_flags.__name__)
 _DEFAULTS = TrainConfig(model_dir="")  # every flag's default is the library's
 
-flags.DEFINE_enum("backbone", _DEFAULTS.backbone, list(backbones.BACKBONES), "Pretrained base.")
-flags.DEFINE_float("alpha", _DEFAULTS.alpha, "MobileNetV2 width multiplier.")
 flags.DEFINE_string(
     "weights",
     _DEFAULTS.weights,
@@ -35,9 +33,6 @@ flags.DEFINE_string(
     "or none on the embedded datasets), imagenet, none, or a no-top .h5 file.",
 )
 flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the final Dense layer.")
-flags.DEFINE_string(
-    "fine_tune_at", _DEFAULTS.fine_tune_at, "First base layer to fine-tune: an index (0: whole base) or a layer name."
-)
 flags.DEFINE_integer("initial_epochs", _DEFAULTS.initial_epochs, "Feature-extraction epochs, base frozen.")
 flags.DEFINE_integer(
     "fine_tune_epochs", _DEFAULTS.fine_tune_epochs, "Fine-tuning epochs after them; 0 keeps the base frozen throughout."
@@ -142,7 +137,7 @@ def main(argv):
 def _outputs(exported: bool, evaluated: bool) -> str:
     names = [run_files.RESULTS, run_files.HISTORY, run_files.BEST_MODEL, run_files.FINAL_MODEL]
     names += [f"{run_files.EXPORT_DIR}/"] if exported else []
-    names += [run_files.TRAINING_CURVES, f"{run_files.TENSORBOARD_DIR}/"]
+    names += [run_files.TRAINING_CURVES, run_files.TIME_PLOT, f"{run_files.TENSORBOARD_DIR}/"]
     names += [f"{run_files.EVALUATION_DIR}/"] if evaluated else []
     return ", ".join(names)
 

@@ -1,5 +1,6 @@
 """The pictures a run writes: training_curves.png (accuracy and loss per epoch, with the start
-of fine-tuning marked) and the evaluation's confusion_matrix.png and mistakes.png."""
+of fine-tuning marked), where_time_goes.png (each epoch's computing and input waiting), the
+evaluation's confusion_matrix.png and mistakes.png, and bench_input's stage rates."""
 
 from __future__ import annotations
 
@@ -72,4 +73,47 @@ def plot_mistakes(mistakes: list, names, path: str) -> None:
         grid.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=80)
+    plt.close(figure)
+
+
+def plot_time(history: list[dict], path: str) -> None:
+    """where_time_goes.png: each epoch's training seconds, split into the steps' computing and the
+    wait for input (training.input_wait), so an input-bound epoch shows at a glance."""
+    timed = [r for r in history if r.get("training_seconds")]
+    figure, axes = plt.subplots(figsize=(8, 4))
+    epochs = [r["epoch"] for r in timed]
+    compute = [r["training_seconds"] * (1 - r["input_wait"]) for r in timed]
+    wait = [r["training_seconds"] * r["input_wait"] for r in timed]
+    axes.bar(epochs, compute, label="steps computing", color="tab:blue")
+    axes.bar(epochs, wait, bottom=compute, label="waiting for input", color="tab:orange")
+    for epoch, record in zip(epochs, timed):
+        axes.text(epoch, record["training_seconds"], f"{record['input_wait']:.0%}", ha="center", va="bottom", fontsize=8)
+    axes.set_xlabel("Epoch")
+    axes.set_ylabel("seconds of training")
+    axes.set_title("Where each epoch's time went (label: input wait)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.legend(loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_stages(stages: dict, path: str, title: str) -> None:
+    """bench_input --plot: each pipeline stage's images/s as a bar against the model's training rates
+    (lines), on a log scale: the bound is the shortest bar or the lowest line."""
+    rates = {name: rate for name, rate in stages["pipeline"].items() if rate}
+    figure, axes = plt.subplots(figsize=(8, 0.6 * len(rates) + 2))
+    names = list(rates)
+    axes.barh(names, [rates[n] for n in names], color="tab:blue")
+    for y, name in enumerate(names):
+        axes.text(rates[name], y, f" {rates[name]:,.0f}", va="center", fontsize=8)
+    for (name, rate), style in zip(stages["model"].items(), ("-", "--")):
+        if rate:
+            axes.axvline(rate, color="tab:red", linestyle=style, label=f"model, {name}: {rate:,.0f} images/s")
+    axes.set_xscale("log")
+    axes.set_xlabel("images/s")
+    axes.set_title(title, fontsize=9)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -89,7 +89,7 @@ class TransferClassifier(keras.Model):
             self.optimizer.apply(gradients, variables)
             return y_pred, loss
 
-        y_pred, loss = step_timer.timed_step(self, step)  # how long the step computed: training.input_wait
+        y_pred, loss = step_timer.timed_step(self, step, y)  # how long the step computed: training.input_wait
         return self._metrics_after_step(x, y, y_pred, sample_weight, loss)
 
     def test_step(self, data):

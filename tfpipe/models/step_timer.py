@@ -45,15 +45,20 @@ def attach(model, strategy) -> StepSeconds:
     return timer
 
 
-def timed_step(model, step):
-    """Runs step() (the step's computation and update) between two timestamps, adding their
-    difference to the model's timer when it has one."""
+def timed_step(model, step, batch):
+    """Runs step() (the step's computation and update; it returns a tensor computed last, the loss)
+    between two timestamps, adding their difference to the model's timer when it has one."""
     timer = getattr(model, ATTRIBUTE, None)
     if timer is None:
         return step()
-    # tf.timestamp is stateful: automatic control dependencies keep it after the batch arrived
-    # and, at the end, after the update's assignments.
-    started = tf.timestamp()
+    # Explicit dependencies: after the batch arrived; after the loss and every variable's update (a
+    # read of each variable comes after its assignment; updates of different variables are not
+    # ordered among themselves, so the optimizer's step count alone would end the clock early).
+    with tf.control_dependencies(tf.nest.flatten(batch)[:1]):
+        started = tf.timestamp()
     result = step()
-    timer.total.assign_add(tf.timestamp() - started)
+    done = [tf.nest.flatten(result)[-1]] + [tf.identity(v.value) for v in model.trainable_variables]
+    with tf.control_dependencies(done):
+        ended = tf.timestamp()
+    timer.total.assign_add(ended - started)
     return result

@@ -21,6 +21,7 @@ EXPORT_DIR = "export"
 EXPORTED_DIR = "exported"  # export_model's files: LiteRT, ONNX, SavedModel, labels.txt, records
 LABELS = "labels.txt"  # beside each exported model: class i on line i + 1
 TRAINING_CURVES = "training_curves.png"
+TIME_PLOT = "where_time_goes.png"  # each epoch's computing and input waiting
 TENSORBOARD_DIR = "tensorboard"
 EVALUATION_DIR = "evaluation"
 PREPROCESSING = "preprocessing.json"  # tfpipe.data.preprocessing: how the run's images were decoded and resized
@@ -36,6 +37,7 @@ RUN_OUTPUTS = (
     EXPORT_DIR,
     EXPORTED_DIR,
     TRAINING_CURVES,
+    TIME_PLOT,
     TENSORBOARD_DIR,
     EVALUATION_DIR,
     PREPROCESSING,

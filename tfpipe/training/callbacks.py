@@ -67,6 +67,9 @@ class EpochRecorder(keras.callbacks.Callback):
             "val_accuracy": _float_or_none(logs.get("val_accuracy")),
             "learning_rate": learning_rate_of(self.model.optimizer),
             "finished_at": time.time(),  # Unix time: bench_train reads time to accuracy from it
+            # training.input_wait (before this callback): the share of the epoch without a batch
+            "input_wait": _float_or_none(logs.get("input_wait")),
+            "training_seconds": _float_or_none(logs.get("training_seconds")),
         }
         self.run_dir.save_epoch(record, self.classifier, self.model.optimizer, self.phase, self.clock.snapshot())
 

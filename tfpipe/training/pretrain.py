@@ -20,6 +20,7 @@ import time
 from typing import Callable
 
 import keras
+import tensorflow as tf
 
 from tfpipe import atomic, memory
 from tfpipe.data import order, pipeline, sources, splits
@@ -30,7 +31,7 @@ from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import RESULTS
 from tfpipe.runs.state import RunDirectory
-from tfpipe.training import callbacks, memory_plan, resume
+from tfpipe.training import callbacks, input_wait, memory_plan, resume
 from tfpipe.training.config import SPLIT_FLAGS, check_train_split_fills_a_batch
 
 PHASE = "pretrain"
@@ -185,7 +186,11 @@ def _fit(classifier, config: PretrainConfig, source, run_dir: RunDirectory, cloc
             validation=val_data.batches(training=False),
             every=resume.Every.parse(config.checkpoint_every),
             clock=clock,
-            callbacks=[callbacks.EpochRecorder(run_dir, classifier, PHASE, clock), *extra_callbacks],
+            callbacks=[
+                *input_wait.measuring(classifier, tf.distribute.get_strategy(), jit_compile=False, log=log),
+                callbacks.EpochRecorder(run_dir, classifier, PHASE, clock),
+                *extra_callbacks,
+            ],
             verbose=config.verbose,
             log=log,
         )
@@ -211,6 +216,7 @@ def results_record(config: PretrainConfig, state, metadata, weights_file: str, c
         "val_loss": best["val_loss"],
         "train_accuracy": best["accuracy"],
         "training_seconds": round(clock.snapshot().get(PHASE, 0.0), 1),  # every call's epochs, resumed ones too
+        "input_wait": input_wait.share(state.history),  # training.input_wait
         "wall_seconds_this_call": round(seconds_this_call, 1),
     }
 

@@ -39,10 +39,21 @@ from tfpipe.runs.files import (
     PREPROCESSING,
     RESULTS,
     TENSORBOARD_DIR,
+    TIME_PLOT,
     TRAINING_CURVES,
 )
 from tfpipe.runs.state import RunDirectory
-from tfpipe.training import activations, callbacks, distribute, features, finetune, memory_plan, resume
+from tfpipe.training import (
+    activations,
+    callbacks,
+    distribute,
+    features,
+    finetune,
+    input_wait,
+    memory_plan,
+    resume,
+    timeline,
+)
 from tfpipe.training.config import SPLIT_FLAGS, TrainConfig, check_train_split_fills_a_batch
 
 __all__ = ["TrainConfig", "train"]
@@ -65,6 +76,7 @@ def train(
     strategy: overrides config.strategy (e.g. a MirroredStrategy over chosen devices).
     """
     started = time.monotonic()
+    moments = timeline.Timeline()  # where the first seconds go, from the process's launch
     config.validate()
     image_size_line = config.image_size_line()
     config = config.resolved()
@@ -88,7 +100,9 @@ def train(
             keras.utils.set_random_seed(config.pipeline.seed)  # before any weight is created
         sources.check_spec(dataset, config.data_dir, config.csv)  # a typo fails before weights load
         base = _Base.build(config, weights, strategy)
+        moments.mark("base built, weights read")
         data = _RunData.open(config, dataset, strategy, log)
+        moments.mark("data opened and counted")
         plan = _plan_memory(config, budget, base, data)
         for line in plan.lines:
             log(line)
@@ -96,6 +110,7 @@ def train(
         _log_classes(log, data)
         _log_dropped(log, data)
         classifier = _build_classifier(config, base, data.metadata.num_classes, strategy)
+        moments.mark("classifier built")
         trainable_counts = finetune.trainable_counts(classifier, base.model, base.fine_tune_index)
         if weights.keras_weights is None and not run_dir.resumed:
             _calibrate_random_base(classifier, base.model, data, log)
@@ -103,9 +118,12 @@ def train(
         # What predict, evaluate and export read back (inference.predict.run_preprocessing).
         atomic.write_json(run_dir.file(PREPROCESSING), config.pipeline.preprocessing.record())
         every = _checkpoint_every(config, placement, log)
-        fitter = _PhaseFitter(config, run_dir, classifier, base, data, plan, strategy, every, log)
+        fitter = _PhaseFitter(config, run_dir, classifier, base, data, plan, strategy, every, moments, log)
         fitter.fit_all(extra_callbacks)
         _save_models(classifier, fitter.last_optimizer, config, data, run_dir, placement, strategy)
+        first_epoch = moments.record(_first_epoch_end(run_dir.state.history, moments))
+        if first_epoch:
+            log(timeline.Timeline.line(first_epoch))
         test_scores = _evaluate_test(classifier, config, data, run_dir, placement, log)
         results = results_record(
             config,
@@ -124,6 +142,7 @@ def train(
                 "saves": sum(saves for saves, _ in fitter.saves),
                 "seconds": round(sum(seconds for _, seconds in fitter.saves), 3),
             },
+            first_epoch,
         )
         _write_results(results, run_dir, placement)
         return results
@@ -143,6 +162,12 @@ def _checkpoint_every(config: TrainConfig, placement, log) -> resume.Every:
         log("Checkpoints at epoch ends only: the tf.data service cannot restore a position inside an epoch")
         return resume.Every()
     return every
+
+
+def _first_epoch_end(history: list[dict], moments) -> float | None:
+    """When this call's first epoch ended (Unix time), or None if it trained none."""
+    launched = moments.marks[0][1]
+    return min((r["finished_at"] for r in history if r.get("finished_at", 0) >= launched), default=None)
 
 
 def _model_dir(config: TrainConfig, placement) -> str:
@@ -340,10 +365,11 @@ class _PhaseFitter:
     """Fits the schedule's phases in turn, each from where the run directory left off."""
 
     def __init__(
-        self, config, run_dir: RunDirectory, classifier, base: _Base, data: _RunData, plan, strategy, every, log
+        self, config, run_dir: RunDirectory, classifier, base: _Base, data: _RunData, plan, strategy, every, moments, log
     ):
         self.config, self.run_dir, self.classifier, self.base = config, run_dir, classifier, base
         self.data, self.plan, self.strategy, self.every, self.log = data, plan, strategy, every, log
+        self.moments = moments  # training.timeline: the first phase marks when its data is ready
         self.clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
         self.last_optimizer = None
         # Every epoch's order: data.order. An unseeded run's drawn seed is kept in its state.
@@ -407,6 +433,7 @@ class _PhaseFitter:
 
         if self._val_ds is None:
             self._val_ds = self.data.dataset(self.config.val_split, training=False, seed=self.seed)
+            self.moments.mark("validation data ready")
         steps = None if self.config.service() is not None else self.data.steps(split)
         self._fit(self.classifier, phase, first, train_stream, self._val_ds, steps, extra_callbacks)
 
@@ -416,6 +443,7 @@ class _PhaseFitter:
         splits = (self.config.train_split, self.config.val_split)
         local, counts = [self.data.local(split) for split in splits], [self.data.source.count(s) for s in splits]
         (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local, counts)
+        self.moments.mark("frozen base's pass over the images")
         with self.strategy.scope():  # Keras gives a model the strategy it is created under
             head = model_lib.head_of(self.classifier)
         self._fit_on_arrays(head, phase, first, (train_x, train_y), (val_x, val_y), extra_callbacks)
@@ -474,6 +502,7 @@ class _PhaseFitter:
         with self.strategy.scope():
             bottom, top = activations.split_classifier(self.classifier, self.base.model, at)
         (train_x, train_y), (val_x, val_y) = activations.extract(bottom, local, counts)
+        self.moments.mark("frozen layers' pass over the images")
         single = len(at.tensors) == 1
         train, val = (train_x[0] if single else train_x, train_y), (val_x[0] if single else val_x, val_y)
         self._fit_on_arrays(top, phase, first, train, val, extra_callbacks)
@@ -508,6 +537,8 @@ class _PhaseFitter:
                     clock=self.clock,
                     callbacks=[
                         stopper,
+                        # Before the recorder and TensorBoard: it adds the epoch's input wait to the logs.
+                        *input_wait.measuring(model, self.strategy, jit_compile=self.config.jit_compile, log=self.log),
                         callbacks.EpochRecorder(self.run_dir, self.classifier, phase.name, self.clock),
                         *self._plateau_stop(phase),
                         keras.callbacks.TensorBoard(log_dir=self.run_dir.file(TENSORBOARD_DIR)),
@@ -574,6 +605,7 @@ def results_record(
     seconds_this_call,
     plan: memory_plan.MemoryPlan,
     checkpoints: dict | None = None,
+    first_epoch: dict | None = None,
 ) -> dict:
     """What results.json holds, from what the run did: no side effects."""
     trained_seconds = sum(phase_seconds.values())
@@ -601,6 +633,15 @@ def results_record(
         "memory_budget_bytes": plan.budget.bytes,
         "cache": plan.cache,  # where the decoded images were kept: memory, none or a store's folder
         "checkpoints_inside_epochs": checkpoints,
+        "first_epoch_seconds": first_epoch,  # from the launch to this call's first epoch's end (training.timeline)
+        # The share of training time without a batch to work on (training.input_wait): per phase and all.
+        "input_wait": {
+            **{
+                name: input_wait.share([r for r in state.history if r["phase"] == name])
+                for name in (finetune.FEATURE_EXTRACTION, finetune.FINE_TUNE)
+            },
+            "run": input_wait.share(state.history),
+        },
         "stopped_early": dict(state.stopped_early),  # phase -> epoch, with --early_stopping
         "dataset": metadata.name,
         "examples": metadata.num_examples,
@@ -614,6 +655,9 @@ def _write_results(results: dict, run_dir: RunDirectory, placement) -> None:
     if placement.is_chief:
         with atomic.replacing(run_dir.file(TRAINING_CURVES)) as temporary:
             report.plot_history(run_dir.state.history, temporary, marked_phase=finetune.FINE_TUNE)
+        if any(record.get("training_seconds") for record in run_dir.state.history):
+            with atomic.replacing(run_dir.file(TIME_PLOT)) as temporary:
+                report.plot_time(run_dir.state.history, temporary)
 
 
 @contextlib.contextmanager
