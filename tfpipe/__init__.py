@@ -10,10 +10,12 @@ pipeline that is never the bottleneck.
 
 The package, by role (each subpackage's docstring says what it owns and may import):
 
-    data/       sources (tfds, folder:, csv:), split slicing, the tf.data pipeline, the memory
-                cache, class balance, the embedded tfds builders, the tf.data service
+    data/       sources (tfds, folder:, csv:), split slicing, preprocessing, the tf.data
+                pipeline, the caches (in memory, the decoded store on disk), each epoch's
+                order, class balance, the embedded tfds builders, the tf.data service
     models/     backbones and their weights, the classifier and its train_step, augmentation
     training/   train() and TrainConfig, the two-phase schedule, fast feature extraction,
+                cached activations, the memory plan, resume inside an epoch, the input wait,
                 callbacks, tf.distribute, pretraining
     runs/       the run directory: file names, checkpoints and resume, the lock
     inference/  predictions on image files, the evaluation report, the pictures; running an
@@ -21,11 +23,11 @@ The package, by role (each subpackage's docstring says what it owns and may impo
     export/     a run's model as a LiteRT, ONNX or SavedModel file, quantized, with its record
     bench/      measuring the input pipeline and prediction speed
     cli/        the command-line tools: the only place that defines and reads absl flags
-    errors, paths, atomic: what every layer may use (the one error type, writable
-                folders, writes that a kill cannot tear)
+    errors, paths, atomic, memory: what every layer may use (the one error type, writable
+                folders, writes that a kill cannot tear, the memory budget)
 
 Dependencies point one way: cli -> training, export -> inference -> runs, models, data ->
-errors, paths, atomic; data/ and models/ know nothing of runs.
+errors, paths, atomic, memory; data/ and models/ know nothing of runs.
 
 Importing tfpipe registers its Keras layers and model class, so models it saved load
 with keras.models.load_model. The public names below load on first use.

@@ -214,6 +214,7 @@ BENCH_INPUT_BAD_INPUT = [
     (["--epochs=0"], "--epochs=0 must be at least 1"),
     (["--dataset=folder:/no/such/folder"], "does not exist"),
     (["--train_split=train[50%:50%]"], "selects no examples"),
+    (["--fine_tune_at=500"], "--fine_tune_at=500 is out of range"),
 ]
 
 

@@ -145,20 +145,22 @@ def run() -> dict:
 
 def _model_rates(config, augment_steps):
     """The model's training step at the run's backbone, size, batch and augmentation placement
-    (random weights: the arithmetic is the same)."""
+    (random weights: the arithmetic is the same). The base is built and --fine_tune_at checked
+    now, before any measuring."""
+    from tfpipe.training import finetune
+
+    backbone = backbones.get(FLAGS.backbone)
+    base = backbone.build_base(config.image_size, None, FLAGS.alpha)
+    index = finetune.resolve_fine_tune_at(base, FLAGS.fine_tune_at)
 
     def measure(source) -> dict:
         from tfpipe.bench import stages
         from tfpipe.models import classifier
-        from tfpipe.training import finetune
 
-        backbone = backbones.get(FLAGS.backbone)
-        base = backbone.build_base(config.image_size, None, FLAGS.alpha)
         in_model = augment.build(augment_steps, seed=FLAGS.seed) if FLAGS.augment_on == "model" else None
         model = classifier.build_classifier(
             backbone, base, config.image_size, source.num_classes, augmentation=in_model
         )
-        index = finetune.resolve_fine_tune_at(base, FLAGS.fine_tune_at)
         return stages.model_rates(model, base, index, config.image_size, config.batch_size, source.num_classes)
 
     return measure

@@ -157,6 +157,8 @@ def _tfpipe(scratch: str, extra: list[str]) -> dict:
     summary["flags"] = [arg for arg in args if not arg.startswith("--model_dir=")]
     summary["cached_fine_tuning"] = results.get("cached_fine_tuning")
     summary["fast_feature_extraction"] = results.get("fast_feature_extraction")
+    summary["first_epoch_seconds"] = results.get("first_epoch_seconds")  # where its first seconds went
+    summary["input_wait"] = results.get("input_wait")
     return summary
 
 

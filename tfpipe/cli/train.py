@@ -70,7 +70,7 @@ flags.DEFINE_boolean(
     "cached_fine_tuning",
     _DEFAULTS.cached_fine_tuning,
     "With --augment=none, run the layers below --fine_tune_at once and fine-tune the rest on their "
-    "activations (end to end when those would take over a quarter of the memory).",
+    "activations (end to end, with a line, when they do not fit --memory_budget).",
 )
 flags.DEFINE_enum(
     "strategy",

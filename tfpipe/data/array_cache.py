@@ -26,6 +26,7 @@ import concurrent.futures
 import tensorflow as tf
 
 _NOT_FILLED = -1
+_FILL_BATCH = 64  # examples written at once by fill()
 
 
 class ArrayCache:
@@ -73,12 +74,25 @@ class ArrayCache:
         return indices
 
     def fill(self, examples: tf.data.Dataset) -> int:
-        """Fills the cache now, in one pass over `examples`; returns how many it holds. Afterwards
-        count and labels are known in Python, for the epochs' orders drawn over them."""
-        for _ in self.indices(examples).batch(1024):
-            pass
-        self.count = max(int(self._size.numpy()), 0)
-        self.labels = self._arrays[1][: self.count].numpy()  # the element's second component
+        """Fills the cache now, in one pass over `examples`, a batch of them per write (the
+        decoding runs ahead in parallel); returns how many it holds. Afterwards count and labels
+        are known in Python, for the epochs' orders drawn over them."""
+        with tf.init_scope(), tf.device("/device:CPU:0"):
+            self._start_filling()
+            filled = 0
+            for batch in examples.batch(_FILL_BATCH).prefetch(2):
+                size = int(tf.shape(tf.nest.flatten(batch)[0])[0])
+                if filled + size > self._capacity:
+                    raise ValueError(f"the source gave more examples than the {self._capacity} its metadata counts")
+                slots = tf.range(filled, filled + size, dtype=tf.int64)
+                for array, component in zip(self._arrays, tf.nest.flatten(batch)):
+                    # A sparse update writes the slots in place; a dense assign would copy the array.
+                    tf.raw_ops.ResourceScatterUpdate(resource=array.handle, indices=slots, updates=component)
+                filled += size
+            self._written.assign(filled)
+            self._finish_filling()
+        self.count = filled
+        self.labels = self._arrays[1][:filled].numpy()  # the element's second component
         return self.count
 
     def gather(self, indices: tf.Tensor):

@@ -343,9 +343,12 @@ def _cache(config, source, split, shard, max_examples, pipeline: Pipeline, log):
         log(line)
     if requested == CACHE_NONE or pipeline.count == 0:
         return None
-    # Filled in the source's own order, as fast as the decoding threads go: an epoch's order is
-    # drawn over the cache's indices afterwards.
-    decoded = pipeline.decoded().with_options(pipeline_options(None))
+    # Filled in the source's own order, deterministically (decoding in parallel, handed over in
+    # order): slot i must hold the same image in every run, for the epochs' orders drawn over
+    # the slots to be the same (data.order).
+    options = tf.data.Options()
+    options.deterministic = True
+    decoded = pipeline.decoded().with_options(options)
     if requested == CACHE_MEMORY:
         cache = ArrayCache(decoded.element_spec, capacity=pipeline.count)
         cache.fill(decoded)

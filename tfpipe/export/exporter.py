@@ -65,7 +65,13 @@ class ExportConfig:
 
 def export_run(config: ExportConfig, command: str | None = None, log=print) -> dict:
     """Exports the run's model, checked against it; returns the record written beside it.
-    TfpipeError, with no file left at the output, when the check fails."""
+    TfpipeError, with no file left at the output, when the check fails.
+
+    Example::
+
+        record = tfpipe.export_run(tfpipe.ExportConfig("runs/pets", quantize="int8"))
+        print(record["file"], record["check"]["exported_accuracy"], record["input"]["expects"])
+    """
     _check_settings(config)
     path = config.output or os.path.join(
         config.model_dir, run_files.EXPORTED_DIR, formats.file_name(config.model, config.format, config.quantize)

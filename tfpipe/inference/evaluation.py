@@ -135,9 +135,16 @@ def write(model_dir: str, result: dict, mistakes: list, subfolder: str | None = 
 
 def evaluate_run(model_dir: str, split: str | None = None, which: str | None = None, data_dir: str | None = None):
     """Evaluates a finished run on `split` (default: its test split) of the dataset it was
-    trained on; returns (report, the folder it was written to). The run's test split
-    goes to evaluation/, any other split to evaluation/<split>/; an exported model's
-    (`which` a .tflite, .onnx or SavedModel path) to evaluation/<its file name>/[<split>/]."""
+    trained on; returns (report, the folder it was written to).
+
+    Example::
+
+        report, folder = tfpipe.evaluate_run("runs/pets", split="train[80%:90%]")
+        print(report["accuracy"], report["per_class"]["cat"]["recall"], folder)
+
+    The run's test split goes to evaluation/, any other split to evaluation/<split>/; an
+    exported model's (`which` a .tflite, .onnx or SavedModel path) to
+    evaluation/<its file name>/[<split>/]. Images are decoded with the run's preprocessing."""
     from tfpipe.data import pipeline
     from tfpipe.inference import predict
     from tfpipe.runs.files import read_run_settings

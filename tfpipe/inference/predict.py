@@ -95,8 +95,14 @@ def load(model_dir: str | None, which: str = DEFAULT_MODEL) -> TrainedModel:
     """The run's model (best, final, a .keras file, or a file export_model wrote) and what
     it was trained on; every problem is a one-line TfpipeError.
 
-    An exported model carries its class names in the record beside it, so it needs no
-    model_dir; given one, the two must agree.
+    Example::
+
+        trained = tfpipe.load_run("runs/pets")                                      # best.keras
+        exported = tfpipe.load_run(None, "runs/pets/exported/best_int8.tflite")    # run by LiteRT
+        print(trained.class_names, trained.preprocessing.image_size)
+
+    An exported model carries its class names and preprocessing in the record beside it, so
+    it needs no model_dir; given one, the two must agree.
     """
     check_model_named(model_dir, which)
     exported = None if which in MODEL_CHOICES else runtimes.format_of(which)
@@ -237,7 +243,13 @@ def predict(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Prediction]:
-    """One Prediction per path, in order; `on_batch(images)` after each batch."""
+    """One Prediction per path, in order; `on_batch(images)` after each batch.
+
+    Example::
+
+        for row in tfpipe.predict(tfpipe.load_run("runs/pets"), ["photo.jpg", "broken.jpg"]):
+            print(row.path, row.top[0] if row.ok else row.error)   # ('cat', 0.97), or why it failed
+    """
     top_k = max(1, min(top_k, len(trained.class_names)))
     probabilities = np.full((len(paths), len(trained.class_names)), np.nan)
     for indices, images in decoded_batches(paths, trained.preprocessing, batch_size):

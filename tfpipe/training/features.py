@@ -38,11 +38,14 @@ def run_once(model, datasets: list[tf.data.Dataset], counts: list[int]) -> list[
     `model`'s outputs (one tensor or a list), in one pass per dataset, each output written into
     one array of its final size."""
 
-    @tf.function  # traced once, for all datasets: tracing a base costs seconds
-    def forward(images):
+    def outputs_of(images):
         outputs = model(images)
         return tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,)
 
+    # Traced once for every batch size of every dataset (a split's last batch is smaller): tracing
+    # a base costs a second or more, which a second trace for that last batch paid again.
+    image_spec = datasets[0].element_spec[0]
+    forward = tf.function(outputs_of, input_signature=[tf.TensorSpec([None, *image_spec.shape[1:]], image_spec.dtype)])
     results = []
     for dataset, count in zip(datasets, counts):
         arrays, labels, filled = None, np.empty([count], np.int64), 0

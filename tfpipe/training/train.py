@@ -73,7 +73,16 @@ def train(
 ) -> dict:
     """Runs (or resumes) the two-phase fine-tuning; returns what results.json holds.
 
+    Example::
+
+        import tfpipe
+
+        results = tfpipe.train(tfpipe.TrainConfig(model_dir="runs/pets", dataset="folder:/data/pets"))
+        print(results["test_accuracy"], results["input_wait"]["run"])
+
+    Calling it again with the same config resumes the run where it was saved.
     strategy: overrides config.strategy (e.g. a MirroredStrategy over chosen devices).
+    extra_callbacks: Keras callbacks added to every fit. log: where the run's lines go.
     """
     started = time.monotonic()
     moments = timeline.Timeline()  # where the first seconds go, from the process's launch
