@@ -1,6 +1,6 @@
 """How much memory a run's data may hold: one budget that every store sizes itself against.
 
-The stores sized by the data (the decoded image cache, the shuffle buffer of decoded images,
+The stores sized by the data (the decoded image cache, the shuffle buffer of encoded images,
 the stored features, the cached activations) ask this module before they allocate. The
 budget is, by default, the memory this process may use, the lower of
 

@@ -143,3 +143,19 @@ def test_unwritable_data_dir(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(TfpipeError, match="--data_dir=.* is not a writable folder"):
         sources.open_source("tfpipe_shapes/tiny", str(blocker / "datasets"))
+
+
+def test_the_mean_encoded_size_is_that_of_the_files_that_decode(image_folder):
+    root = image_folder(per_class=4)  # and one broken file, which is never read
+    source = sources.open_source(f"folder:{root}")
+    decodable = [os.path.join(d, f) for d, _, names in os.walk(root) for f in names if f != "broken.jpg"]
+    assert len(decodable) == 8
+    expected = sum(os.path.getsize(path) for path in decodable) / len(decodable)
+    assert source.mean_encoded_bytes() == pytest.approx(expected)
+
+
+def test_a_tfds_source_knows_its_mean_encoded_size(tiny_source):
+    images = _encoded(tiny_source, "train")
+    mean_image = sum(len(image) for image in images) / len(images)
+    # The prepared records hold the encoded image and a little framing and label each.
+    assert mean_image <= tiny_source.mean_encoded_bytes() < 1.5 * mean_image + 64

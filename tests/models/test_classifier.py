@@ -8,7 +8,7 @@ from helpers import tiny_backbone
 
 import tfpipe  # noqa: F401  (registers the custom objects for load_model)
 from tfpipe.errors import TfpipeError
-from tfpipe.models import backbones
+from tfpipe.models import backbones, trainable
 from tfpipe.models import classifier as model_lib
 from tfpipe.training import finetune
 
@@ -35,17 +35,17 @@ def _compile(model, num_classes=2, learning_rate=1e-3):
 def test_mobilenet_v2_at_fine_tune_at_100_trains_2_then_56_variables():
     classifier, base = _classifier(alpha=1.0)
     assert len(base.layers) == 154
-    finetune.freeze(base)
+    trainable.freeze(base)
     assert len(classifier.trainable_variables) == 2
-    finetune.unfreeze_from(base, finetune.resolve_fine_tune_at(base, "100"))
+    trainable.unfreeze_from(base, trainable.resolve_fine_tune_at(base, "100"))
     assert len(classifier.trainable_variables) == 56
-    finetune.unfreeze_from(base, 0)
+    trainable.unfreeze_from(base, 0)
     assert len(classifier.trainable_variables) == len(base.trainable_variables) + 2
 
 
 def test_fine_tune_at_takes_a_layer_name():
     _, base = _classifier()
-    assert finetune.resolve_fine_tune_at(base, "block_11_expand") == [layer.name for layer in base.layers].index(
+    assert trainable.resolve_fine_tune_at(base, "block_11_expand") == [layer.name for layer in base.layers].index(
         "block_11_expand"
     )
 
@@ -56,18 +56,18 @@ def test_fine_tune_at_takes_a_layer_name():
 def test_fine_tune_at_out_of_range_or_unknown_states_the_layer_count(value, message):
     _, base = _classifier()
     with pytest.raises(TfpipeError, match=message):
-        finetune.resolve_fine_tune_at(base, value)
+        trainable.resolve_fine_tune_at(base, value)
 
 
 def test_vgg16_fine_tune_at_100_is_an_error_not_a_silent_full_freeze():
     base = backbones.get("vgg16").build_base(SIZE, None)
     with pytest.raises(TfpipeError, match="has 19 layers"):
-        finetune.resolve_fine_tune_at(base, 100)
+        trainable.resolve_fine_tune_at(base, 100)
 
 
 def test_batchnorm_statistics_do_not_change_while_fine_tuning():
     classifier, base = _classifier()
-    finetune.unfreeze_from(base, 100)
+    trainable.unfreeze_from(base, 100)
     _compile(classifier)
     norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
     trainable_norms = [layer for layer in norms if layer.trainable]
@@ -89,7 +89,7 @@ def test_custom_train_step_matches_keras_builtin_step(num_classes):
     for builtin in (True, False):
         # The step, not the base, is under test: the tiny test base traces in a second, MobileNetV2 in ten.
         classifier, base = _classifier(num_classes=num_classes, seed=7, backbone=tiny_backbone.NAME, alpha=1.0)
-        finetune.unfreeze_from(base, tiny_backbone.FINE_TUNE_AT)
+        trainable.unfreeze_from(base, tiny_backbone.FINE_TUNE_AT)
         model = keras.Model(classifier.input, classifier.output) if builtin else classifier
         assert isinstance(model, model_lib.TransferClassifier) != builtin
         _compile(model, num_classes)
@@ -126,7 +126,7 @@ def test_mixed_precision_training_step_runs_with_loss_scaling(backbone, alpha, j
     keras.config.set_dtype_policy("mixed_float16")
     try:
         classifier, base = _classifier(backbone=backbone, alpha=alpha)
-        finetune.unfreeze_from(base, 100)
+        trainable.unfreeze_from(base, 100)
         optimizer = model_lib.make_optimizer("rmsprop", 1e-3)
         model_lib.compile_classifier(classifier, 2, optimizer, jit_compile=jit_compile)  # XLA on CPU too
         assert isinstance(classifier.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -223,7 +223,7 @@ def test_caffe_scaling_is_keras_preprocess_input():
 def test_every_backbone_builds_a_classifier(backbone):
     classifier, base = _classifier(backbone=backbone, alpha=1.0)
     assert classifier(np.zeros((1, SIZE, SIZE, 3), np.uint8)).shape == (1, 1)
-    finetune.freeze(base)
+    trainable.freeze(base)
     assert len(classifier.trainable_variables) == 2
 
 

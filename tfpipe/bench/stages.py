@@ -88,15 +88,15 @@ def model_rates(classifier, base, fine_tune_index: int, image_size: int, batch_s
     """Images/s of the training step, base frozen and fine-tuning from fine_tune_index: a few warm
     steps on random uint8 batches already in memory (the model alone)."""
     from tfpipe.models import classifier as model_lib
-    from tfpipe.training import finetune
+    from tfpipe.models import trainable
 
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 255, (batch_size, image_size, image_size, 3), dtype=np.uint8))
     labels = tf.constant(rng.integers(0, num_classes, batch_size), tf.int64)
     rates = {}
     for phase, prepare in (
-        ("frozen", lambda: finetune.freeze(base)),
-        ("fine-tuning", lambda: finetune.unfreeze_from(base, fine_tune_index)),
+        ("frozen", lambda: trainable.freeze(base)),
+        ("fine-tuning", lambda: trainable.unfreeze_from(base, fine_tune_index)),
     ):
         prepare()
         model_lib.compile_classifier(classifier, num_classes, model_lib.make_optimizer("rmsprop", 1e-4))

@@ -147,11 +147,11 @@ def _model_rates(config, augment_steps):
     """The model's training step at the run's backbone, size, batch and augmentation placement
     (random weights: the arithmetic is the same). The base is built and --fine_tune_at checked
     now, before any measuring."""
-    from tfpipe.training import finetune
+    from tfpipe.models import trainable
 
     backbone = backbones.get(FLAGS.backbone)
     base = backbone.build_base(config.image_size, None, FLAGS.alpha)
-    index = finetune.resolve_fine_tune_at(base, FLAGS.fine_tune_at)
+    index = trainable.resolve_fine_tune_at(base, FLAGS.fine_tune_at)
 
     def measure(source) -> dict:
         from tfpipe.bench import stages

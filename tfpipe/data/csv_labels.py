@@ -103,13 +103,7 @@ def index_csv(csv_path: str, options: CsvOptions = CsvOptions(), cache_dir: str 
     class_ids = {name: i for i, name in enumerate(class_names)}
     entries = [(path, class_ids[label]) for path, label in labelled.items()]
     splits = {SPLIT: file_index.mixed_order(entries, table.image_dir)}
-    return file_index.FileIndex(
-        table.image_dir,
-        class_names,
-        splits,
-        tuple(sorted(unreadable)),
-        file_index.content_fingerprint(class_names, splits, signatures),
-    )
+    return file_index.FileIndex.of(table.image_dir, class_names, splits, unreadable, signatures)
 
 
 def _read_table(csv_path: str, options: CsvOptions) -> _Table:

@@ -45,6 +45,14 @@ class FileIndex:
     # What the files hold, as far as a stat tells: changes when a file is added, removed, touched or
     # relabelled (content_fingerprint). Stores of decoded images are keyed by it.
     fingerprint: str = ""
+    encoded_bytes: int = 0  # the splits' files, all together: what a buffer of encoded images holds
+
+    @classmethod
+    def of(cls, root, class_names, splits, unreadable, signatures: dict[str, tuple[int, int]]) -> FileIndex:
+        """The index of `splits`' files, its fingerprint and size taken from their (size, mtime) `signatures`."""
+        sizes = [(signatures.get(path) or _signature(path))[0] for paths, _ in splits.values() for path in paths]
+        fingerprint = content_fingerprint(class_names, splits, signatures)
+        return cls(root, tuple(class_names), splits, tuple(sorted(unreadable)), fingerprint, sum(sizes))
 
 
 def content_fingerprint(class_names, splits, signatures: dict[str, tuple[int, int]]) -> str:

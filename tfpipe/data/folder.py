@@ -48,8 +48,7 @@ def index_folder(root: str, cache_dir: str | None = None) -> file_index.FileInde
         )
     if not any(paths for paths, _ in splits.values()):
         raise TfpipeError(f"folder {root} has no image that can be decoded: every file failed to decode")
-    fingerprint = file_index.content_fingerprint(class_names, splits, signatures)
-    return file_index.FileIndex(root, class_names, splits, tuple(sorted(unreadable)), fingerprint)
+    return file_index.FileIndex.of(root, class_names, splits, unreadable, signatures)
 
 
 def find_layout(root: str, not_read: list[str] | None = None) -> dict[str, dict[str, list[str]]]:

@@ -80,6 +80,11 @@ class Source(abc.ABC):
     def fingerprint(self) -> str:
         """Changes whenever the examples or their labels may have: what keys a store of decoded images."""
 
+    @abc.abstractmethod
+    def mean_encoded_bytes(self) -> float:
+        """An example's encoded image, on average over the dataset: what a shuffle buffer of
+        encoded images holds per example."""
+
     def count(self, split: str, *, flag: str = "split") -> int:
         """Examples that `split` selects; raises TfpipeError on a bad split string."""
         return splits.count(splits.resolve(split, self.split_sizes(), flag=flag))
@@ -137,6 +142,10 @@ class TfdsSource(Source):
             digest.update(f"\0{name}\0{stat.length}\0{stat.mtime_nsec}".encode())
         return digest.hexdigest()
 
+    def mean_encoded_bytes(self) -> float:
+        # The prepared records' bytes (labels and framing included: a slight overestimate).
+        return int(self._builder.info.dataset_size) / max(1, sum(self.split_sizes().values()))
+
     def encoded(self, split: str, *, parallel: bool = True, whole: bool = True) -> tf.data.Dataset:
         read_config = tfds.ReadConfig(
             try_autocache=False,  # tfpipe decides where to cache, after resizing
@@ -178,6 +187,9 @@ class FileSource(Source):
 
     def fingerprint(self) -> str:
         return self._index.fingerprint
+
+    def mean_encoded_bytes(self) -> float:
+        return self._index.encoded_bytes / max(1, sum(self.split_sizes().values()))
 
     def labels(self, split: str) -> list[int]:
         """The labels of `split`'s examples, in order."""

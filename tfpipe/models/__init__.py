@@ -5,6 +5,7 @@
     weights     --weights: what a base starts from (the auto rule, packaged ImageNet weights)
     classifier  the Functional classifier and its Model subclass with its own train_step
     augment     Keras preprocessing layers, parsed from --augment, and where they run
+    trainable   --fine_tune_at resolved to a layer of the base; freezing and unfreezing it
 
 Imports: Keras, TensorFlow, numpy, tfpipe.errors; never data/, training/, runs/ or
 inference/: a model knows nothing of datasets or run directories.

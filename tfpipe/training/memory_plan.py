@@ -49,12 +49,14 @@ def plan(
     budget: memory.MemoryBudget,
     *,
     examples: int,
+    encoded_image_bytes: float,
     feature_size: int,
     base,
     fine_tune_index: int,
 ) -> MemoryPlan:
     """The plan for a run of `config` (a resolved TrainConfig) on `examples` training and validation
-    images, whose base gives `feature_size` features and fine-tunes from `fine_tune_index`."""
+    images of `encoded_image_bytes` each on average (Source.mean_encoded_bytes), whose base gives
+    `feature_size` features and fine-tunes from `fine_tune_index`."""
     ledger = memory.Ledger(budget)
     lines = []
     stored = []  # the peak of each phase's stored outputs: they never coexist
@@ -81,7 +83,7 @@ def plan(
         ledger.take("stored features or activations", max(stored))
     end_to_end = (config.initial_epochs > 0 and not fast) or (config.fine_tune_epochs > 0 and boundary is None)
     if end_to_end:
-        cache, line = image_cache(config.pipeline, config.data_dir, examples, ledger)
+        cache, line = image_cache(config.pipeline, config.data_dir, examples, encoded_image_bytes, ledger)
         lines.append(line)
     else:
         cache = pipeline.CACHE_NONE
@@ -89,14 +91,20 @@ def plan(
     return MemoryPlan(budget, cache, fast, boundary, tuple(lines))
 
 
-def image_cache(config: pipeline.PipelineConfig, data_dir: str | None, examples: int, ledger: memory.Ledger):
+def image_cache(
+    config: pipeline.PipelineConfig,
+    data_dir: str | None,
+    examples: int,
+    encoded_image_bytes: float,
+    ledger: memory.Ledger,
+):
     """(cache, line) for `examples` decoded images (pipeline.choose_cache), the store under
     DATA_DIR/tfpipe_store when --cache=auto sends them to disk; without a cache, the shuffle buffer
-    of decoded images is checked against the budget."""
+    (of encoded images, `encoded_image_bytes` each on average) is checked against the budget."""
     root = os.path.abspath(os.path.join(data_dir or sources.default_data_dir(), store.STORE_DIR))
     cache, line = pipeline.choose_cache(config.cache, examples, config.image_bytes, ledger, root)
     if cache == pipeline.CACHE_NONE:
-        _check_shuffle_buffer(config, examples, ledger)
+        _check_shuffle_buffer(config, examples, encoded_image_bytes, ledger)
     return cache, line
 
 
@@ -111,15 +119,19 @@ def _fits(ledger: memory.Ledger, needed: int, what: str, name: str, lines: list)
     return False
 
 
-def _check_shuffle_buffer(config: pipeline.PipelineConfig, examples: int, ledger: memory.Ledger) -> None:
-    """Without a cache the shuffle buffer holds decoded images: TfpipeError now if they cannot fit."""
+def _check_shuffle_buffer(
+    config: pipeline.PipelineConfig, examples: int, encoded_image_bytes: float, ledger: memory.Ledger
+) -> None:
+    """Without a cache the shuffle buffer holds encoded images (decoding follows it): TfpipeError
+    now if they cannot fit."""
     from tfpipe.errors import TfpipeError
 
     images = min(config.shuffle_buffer or examples, examples)
-    needed = images * config.image_bytes
+    needed = int(images * encoded_image_bytes)
     if not ledger.fits(needed):
         raise TfpipeError(
-            f"--cache=none --shuffle_buffer={config.shuffle_buffer}: a buffer of {images} decoded images takes "
+            f"--cache=none --shuffle_buffer={config.shuffle_buffer}: a buffer of {images} encoded images "
+            f"({memory.format_size(int(encoded_image_bytes))} each on average) takes "
             f"{memory.format_size(needed)}, more than the {memory.format_size(ledger.left)} left of the memory "
             f"budget; give a smaller --shuffle_buffer or use --cache=auto"
         )

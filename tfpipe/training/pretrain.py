@@ -66,7 +66,8 @@ class PretrainConfig:
         values = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in {"model_dir", "data_dir", "overwrite", "verbose", "pipeline", "memory_budget", "checkpoint_every"}
+            if k
+            not in {"model_dir", "data_dir", "overwrite", "verbose", "pipeline", "memory_budget", "checkpoint_every"}
         }
         values.update({f"pipeline.{k}": v for k, v in dataclasses.asdict(self.pipeline).items() if k != "cache"})
         return json.loads(json.dumps(values))
@@ -105,7 +106,7 @@ def pretrain(config: PretrainConfig, *, extra_callbacks: tuple = (), log: Callab
         base = backbone.build_base(config.pipeline.image_size, None, config.alpha)
         _follow_batch_statistics_faster(base)
         source, metadata = _open_data(config, dataset)
-        config = _with_cache(config, metadata, log)
+        config = _with_cache(config, source, metadata, log)
         classifier = model_lib.build_classifier(
             backbone,
             base,
@@ -144,11 +145,14 @@ def _open_data(config: PretrainConfig, dataset: sources.DatasetSpec):
     return source, metadata
 
 
-def _with_cache(config: PretrainConfig, metadata, log) -> PretrainConfig:
+def _with_cache(config: PretrainConfig, source, metadata, log) -> PretrainConfig:
     """The config with its cache where the memory budget allows (training.memory_plan.image_cache)."""
     budget = memory.MemoryBudget.detect(config.memory_budget)
     examples = metadata.num_examples["train"] + metadata.num_examples["validation"]
-    cache, line = memory_plan.image_cache(config.pipeline, config.data_dir, examples, memory.Ledger(budget))
+    ledger = memory.Ledger(budget)
+    cache, line = memory_plan.image_cache(
+        config.pipeline, config.data_dir, examples, source.mean_encoded_bytes(), ledger
+    )
     log(budget.describe())
     log(line)
     return dataclasses.replace(config, pipeline=dataclasses.replace(config.pipeline, cache=cache))

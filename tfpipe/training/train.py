@@ -29,7 +29,7 @@ from tfpipe.data import service as service_lib
 from tfpipe.errors import TfpipeError
 from tfpipe.inference import evaluation, report
 from tfpipe.inference.predict import TrainedModel
-from tfpipe.models import augment, backbones
+from tfpipe.models import augment, backbones, trainable
 from tfpipe.models import classifier as model_lib
 from tfpipe.models import weights as weights_lib
 from tfpipe.runs.files import (
@@ -236,7 +236,7 @@ class _Base:
         backbone = backbones.get(config.backbone)
         with strategy.scope():
             model = backbone.build_base(config.pipeline.image_size, weights.keras_weights, config.alpha)
-        return cls(backbone, model, finetune.resolve_fine_tune_at(model, config.fine_tune_at))
+        return cls(backbone, model, trainable.resolve_fine_tune_at(model, config.fine_tune_at))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,6 +342,7 @@ def _plan_memory(config: TrainConfig, budget: memory.MemoryBudget, base: _Base, 
         config,
         budget,
         examples=sum(data.source.count(split) for split in (config.train_split, config.val_split)),
+        encoded_image_bytes=data.source.mean_encoded_bytes(),
         feature_size=int(base.model.output.shape[-1]),
         base=base.model,
         fine_tune_index=base.fine_tune_index,
@@ -413,9 +414,9 @@ class _PhaseFitter:
                 f"Phase {phase.name}: epochs {first + 1}-{phase.end_epoch} at learning rate {phase.learning_rate:g}"
             )
             if phase.name == finetune.FEATURE_EXTRACTION:
-                finetune.freeze(self.base.model)
+                trainable.freeze(self.base.model)
             else:
-                finetune.unfreeze_from(self.base.model, self.base.fine_tune_index)
+                trainable.unfreeze_from(self.base.model, self.base.fine_tune_index)
             fast = phase.name == finetune.FEATURE_EXTRACTION and self.plan.fast_features
             at = self.plan.boundary if phase.name == finetune.FINE_TUNE else None
             self.clock.start(phase.name)
