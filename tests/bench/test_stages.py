@@ -41,8 +41,12 @@ def test_a_slow_model_is_the_bound_and_input_is_not_the_bottleneck(measured):
 
 def test_a_decode_slower_than_the_model_bounds_the_first_epoch(measured):
     plain, _ = measured
-    between = (plain["decode"] * min(plain["cache"], plain["read"])) ** 0.5
-    bound, line = stages.verdict({**plain, "read": max(plain["read"], plain["cache"])}, {"frozen": between})
+    # Reading the tiny files can measure slower than decoding them on a loaded machine: read as fast as
+    # the cache here, so that the decode is the one slow stage of the first epoch.
+    rates = {**plain, "read": plain["cache"]}
+    assert plain["decode"] < plain["cache"]
+    between = (plain["decode"] * plain["cache"]) ** 0.5
+    bound, line = stages.verdict(rates, {"frozen": between})
     assert bound == "decode" and line.startswith("decode and resize bounds the first epoch")
     assert "--cache=auto" in line
 

@@ -18,6 +18,7 @@ import tfpipe  # noqa: F401  (registers tfpipe's Keras objects)
 @pytest.mark.slow
 def test_train_writes_every_output(tmp_path, data_dir):
     model_dir = tmp_path / "run"
+    before = time.time()
     result = run_tool(
         "train",
         f"--dataset={TINY}",
@@ -29,6 +30,7 @@ def test_train_writes_every_output(tmp_path, data_dir):
         "--initial_epochs=2",
         "--fine_tune_epochs=1",
         tiny_base=True,
+        shell_first="sleep 2",  # the tool runs in the shell's process, as in `sh -c "pip install . && bin/train"`
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[1] == "Weights: none (random initialization)"
@@ -58,6 +60,8 @@ def test_train_writes_every_output(tmp_path, data_dir):
     # The head's kernel and bias; then also the tiny base's second block and top (3 kernels, 3 BatchNorms)
     assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 11}
     assert set(results["wall_seconds"]) == {"feature_extraction", "fine_tune", "total"}
+    # The run's timeline starts when bin/train started, not when the shell that exec'd it did.
+    assert results["first_epoch_seconds"]["launched_at"] >= before + 2
     assert results["weights"] == "none" and results["class_names"] == ["ellipse", "rectangle"]
     assert results["image_size"] == 32
 

@@ -24,11 +24,22 @@ def tool_command(tool: str, *args: str, tiny_base: bool = False) -> list[str]:
     return [*command, *args]
 
 
-def run_tool(tool: str, *args: str, timeout: float = 600, env_extra: dict | None = None, tiny_base: bool = False):
-    """Runs bin/<tool> (see tool_command); returns the CompletedProcess."""
+def run_tool(
+    tool: str,
+    *args: str,
+    timeout: float = 600,
+    env_extra: dict | None = None,
+    tiny_base: bool = False,
+    shell_first: str | None = None,
+):
+    """Runs bin/<tool> (see tool_command); returns the CompletedProcess. With shell_first, a shell
+    runs that command and then exec's the tool in its own process, as `sh -c "CMD && bin/TOOL"` does."""
     env = dict(os.environ, **(env_extra or {}))
+    command = tool_command(tool, *args, tiny_base=tiny_base)
+    if shell_first is not None:
+        command = ["sh", "-c", f'{shell_first} && exec "$@"', "sh", *command]
     return subprocess.run(
-        tool_command(tool, *args, tiny_base=tiny_base),
+        command,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -28,8 +28,13 @@ def limit_malloc_arenas() -> None:
         pass  # not glibc: nothing to tune
 
 
-def launch(module_name: str) -> None:
-    """Runs `module_name`.main under absl, with the process set up for tfpipe."""
+def launch(module_name: str, started: float | None = None) -> None:
+    """Runs `module_name`.main under absl, with the process set up for tfpipe; `started` is the
+    Unix time the tool's script began (before its imports), where a run's timeline starts."""
+    if started is not None:
+        from tfpipe.training import timeline
+
+        timeline.set_launch_time(started)
     module = importlib.import_module(module_name)
     limit_malloc_arenas()
     from absl import app, flags

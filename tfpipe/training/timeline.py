@@ -1,4 +1,5 @@
-"""Where a run's first seconds go: from the process's launch to the end of its first epoch.
+"""Where a run's first seconds go: from the launch (a bin/ tool's script start, else the process's) to
+the end of its first epoch.
 
     launch -> train() called -> base built, weights read -> data opened and counted
            -> classifier built -> the first phase's data ready (a cache filled, or the frozen
@@ -12,6 +13,23 @@ from __future__ import annotations
 
 import os
 import time
+
+
+_launched_at: float | None = None
+
+
+def set_launch_time(when: float) -> None:
+    """A tool's script says when it started running. Its process may be older than the tool: a shell
+    runs the last command of `sh -c "pip install . && bin/train"` (a Docker CMD, a CI step) in its own
+    process by exec, and /proc then dates the launch to the shell's start, counting the install as
+    imports (56 s of them, seen from a fresh clone)."""
+    global _launched_at
+    _launched_at = when
+
+
+def launched() -> float:
+    """Unix time this run's program was launched: its tool's script start, else its process's."""
+    return _launched_at or process_started() or time.time()
 
 
 def process_started() -> float | None:
@@ -30,7 +48,7 @@ class Timeline:
     """Named moments of a run, from its process's launch (or from now, where /proc says nothing)."""
 
     def __init__(self):
-        self.marks = [("launch", process_started() or time.time())]
+        self.marks = [("launch", launched())]
         self.mark("imports and start-up")
 
     def mark(self, what: str) -> None:
@@ -38,13 +56,18 @@ class Timeline:
         self.marks.append((what, time.time()))
 
     def record(self, first_epoch_end: float | None) -> dict | None:
-        """{"total": seconds from launch to first_epoch_end, "seconds": {segment: seconds}}; None without an epoch."""
+        """{"launched_at": Unix time, "total": seconds from the launch to first_epoch_end, "seconds":
+        {segment: seconds}}; None without an epoch."""
         if first_epoch_end is None:
             return None
         marks = [(what, at) for what, at in self.marks if at <= first_epoch_end]
         segments = {what: at - before for (_, before), (what, at) in zip(marks, marks[1:])}
         segments["first epoch: tracing and steps"] = first_epoch_end - marks[-1][1]
-        return {"total": round(first_epoch_end - marks[0][1], 2), "seconds": {k: round(v, 2) for k, v in segments.items()}}
+        return {
+            "launched_at": round(marks[0][1], 2),
+            "total": round(first_epoch_end - marks[0][1], 2),
+            "seconds": {k: round(v, 2) for k, v in segments.items()},
+        }
 
     @staticmethod
     def line(record: dict) -> str:
