@@ -2,10 +2,10 @@
 that make them seconds long appended), then its Python snippets. The two commands at the top
 (install and run; install and test) are what CI and a fresh clone run."""
 
+import json
 import os
 import re
 import shlex
-import sys
 import textwrap
 
 import pytest
@@ -80,9 +80,20 @@ def tour(tmp_path_factory, data_dir):
 @pytest.mark.slow
 def test_the_tour_runs_command_by_command(tour):
     folder, photo, run, outputs = tour
-    assert os.path.isfile(os.path.join(run, "evaluation", "report.json"))
+    # What the tour's bullets promise of each output.
+    with open(os.path.join(run, "evaluation", "report.json")) as f:
+        report = json.load(f)
+    assert len(report["confusion_matrix"]) == 2 and {"precision", "recall"} <= set(report["per_class"]["c0"])
+    for picture in ("confusion_matrix.png", "mistakes.png"):
+        assert os.path.isfile(os.path.join(run, "evaluation", picture))
     assert os.path.isfile(os.path.join(run, "exported", "best_int8.tflite"))
-    assert "input is not the bottleneck" in outputs["bench_input"] or "bounds" in outputs["bench_input"]
+    (verdict,) = [line for line in outputs["bench_input"].splitlines() if line.startswith("bound: ")]
+    from tfpipe.bench import stages
+
+    model_bound = verdict.startswith("bound: the model bounds training at ") and "input is not the bottleneck" in verdict
+    stage_bound = [name for name, what in stages.ADVICE.items() if verdict.startswith(f"bound: {what} (")
+                   or verdict.startswith(f"bound: {what} bounds the first epoch at ")]
+    assert model_bound or (len(stage_bound) == 1 and verdict.endswith(stages.FLAGS[stage_bound[0]])), verdict
 
 
 @pytest.mark.slow
@@ -110,4 +121,3 @@ def test_the_readme_python_snippets_run(tour, monkeypatch, tmp_path):
     code = library_snippet.replace('"runs/demo"', repr(str(tmp_path / "demo"))).replace('"photo.jpg"', repr(photo))
     exec(code, namespace)  # noqa: S102
     assert namespace["results"]["test_accuracy"] is not None and namespace["rows"][0].ok
-    assert sys.modules["tfpipe"] is tfpipe

@@ -34,7 +34,6 @@ def test_both_sides_run_and_the_race_is_timed_from_each_launch(tmp_path, data_di
         assert side["seconds_to_target"] == (reached[0] if reached else None)  # the first epoch at the target
         # The test split (4 images) scored: a whole number of images right.
         assert round(side["test_accuracy"] * 4, 6) in (0, 1, 2, 3, 4)
-        assert side["best_val_accuracy"] == max(point["val_accuracy"] for point in side["curve"])
     assert "--augment=none" in tfpipe["flags"] and tfpipe["cached_fine_tuning"].startswith("block6a_bn")
     if tutorial["seconds_to_target"] and tfpipe["seconds_to_target"]:
         assert race["speedup_to_target"] == pytest.approx(tutorial["seconds_to_target"] / tfpipe["seconds_to_target"])

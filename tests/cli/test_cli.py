@@ -61,7 +61,9 @@ def test_train_writes_every_output(tmp_path, data_dir):
     assert results["trainable_variables"] == {"feature_extraction": 2, "fine_tune": 11}
     assert set(results["wall_seconds"]) == {"feature_extraction", "fine_tune", "total"}
     # The run's timeline starts when bin/train started, not when the shell that exec'd it did.
-    assert results["first_epoch_seconds"]["launched_at"] >= before + 2
+    first = results["first_epoch_seconds"]
+    assert first["from"] == "launch" and first["started_at"] >= before + 2
+    assert list(first["seconds"])[0] == "imports and start-up"
     assert results["weights"] == "none" and results["class_names"] == ["ellipse", "rectangle"]
     assert results["image_size"] == 32
 

@@ -85,7 +85,7 @@ def train(
     extra_callbacks: Keras callbacks added to every fit. log: where the run's lines go.
     """
     started = time.monotonic()
-    moments = timeline.Timeline()  # where the first seconds go, from the process's launch
+    moments = timeline.Timeline()  # where the first seconds go, from the launch (training.timeline)
     config.validate()
     image_size_line = config.image_size_line()
     config = config.resolved()
