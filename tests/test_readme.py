@@ -56,9 +56,8 @@ def tour(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("tour")
     folder = imbalanced_folder(root / "pets", (15, 15), size=40)
     photo = str(root / "photo.jpg")
-    from helpers.images import write_image
-
     import numpy as np
+    from helpers.images import write_image
 
     write_image(photo, np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8), "jpeg")
     run = str(root / "runs" / "pets")
@@ -106,8 +105,9 @@ def test_the_readme_python_snippets_run(tour, monkeypatch, tmp_path):
     exec(mediapipe_snippet.replace('"photo.jpg"', repr(photo)), namespace)  # noqa: S102
     assert namespace["top"].category_name in ("c0", "c1") and 0 < namespace["top"].score <= 1
     # The library lines, on the tour's folder, with the tiny settings the tour's train had.
-    import tfpipe
     from helpers.runs import TINY_BASE_SETTINGS, TINY_PIPELINE
+
+    import tfpipe
 
     real = tfpipe.TrainConfig
 

@@ -12,7 +12,7 @@ budget is, by default, the memory this process may use, the lower of
     already holds (its resident set, which MemAvailable has already subtracted),
 
 less MARGIN_BYTES for TensorFlow, the model and its training step (measured: BUILD_NOTES.md,
-"Memory budget"). `--memory_budget=SIZE` sets it instead.
+"The memory budget"). `--memory_budget=SIZE` sets it instead.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tfpipe.errors import TfpipeError
 
 # What a default run holds besides its data: TensorFlow and its libraries, EfficientNet-Lite0 and
 # its training step at 224 px, batch 32 (peak RSS of such a run with --cache=none on a tiny
-# split: BUILD_NOTES.md, "Memory budget").
+# split: BUILD_NOTES.md, "The memory budget").
 MARGIN_BYTES = 2 * 2**30
 # cgroup v1 writes "no limit" as the largest page-aligned int64; anything this large is none.
 _NO_LIMIT = 2**60

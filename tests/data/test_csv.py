@@ -1,7 +1,6 @@
 """csv: datasets: Kaggle-style CSVs of image files and labels."""
 
 import logging
-import os
 
 import numpy as np
 import pytest

@@ -179,3 +179,16 @@ def test_memory_that_cannot_fit_fails_at_once_with_both_numbers_and_the_flags():
     message = str(error.value)
     assert "1000 decoded images take 172 MiB, more than the 1 MiB left of the memory budget (--memory_budget=1MB)" in message
     assert "--cache=auto" in message and "--memory_budget" in message
+
+
+def test_auto_without_a_run_s_plan_writes_the_store_under_the_source_s_data_dir(tmp_path, monkeypatch):
+    folder = imbalanced_folder(tmp_path / "images", (3, 3))
+    source = sources.open_source(f"folder:{folder}", str(tmp_path / "data"))
+    tiny = memory.MemoryBudget(1, "a test budget of one byte")
+    monkeypatch.setattr(memory.MemoryBudget, "detect", classmethod(lambda cls, *args, **kwargs: tiny))
+    logged = []
+    dataset = pipeline.build(source, "train", _config("auto"), training=False, log=logged.append)
+    assert len(fingerprints(dataset)) == 6
+    root = str(tmp_path / "data" / store.STORE_DIR)
+    assert any(line.startswith(f"Cache: a decoded store on disk in {root}") for line in logged), logged
+    assert os.listdir(root)

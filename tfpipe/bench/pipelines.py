@@ -185,7 +185,7 @@ class _StartUp:
         max_examples = num_images if max_batches is not None else None
         cache_line = None
         if service is None and config.cache == pipeline.CACHE_AUTO:
-            root = store_root or os.path.join(sources.default_data_dir(), store.STORE_DIR)
+            root = store_root or sources.store_root(source.data_dir)
             cache, cache_line = pipeline.choose_cache(
                 config.cache, num_images, config.image_bytes, memory.Ledger(budget), root
             )

@@ -33,7 +33,7 @@ from absl import flags
 from tfpipe import memory
 from tfpipe.bench import pipelines as bench
 from tfpipe.cli import data_flags, errors, model_flags, results_file
-from tfpipe.data import sources, splits, store
+from tfpipe.data import sources, splits
 from tfpipe.errors import TfpipeError
 from tfpipe.models import augment, backbones
 
@@ -72,6 +72,8 @@ _SECOND_PROCESS_FLAGS = (
     "csv_label_column",
     "train_split",
     "image_size",
+    "backbone",  # the default image size is the backbone's
+    "alpha",
     "batch_size",
     "seed",
     "jpeg_dct_scaling",
@@ -135,7 +137,7 @@ def run() -> dict:
         service=data_service,
         baselines=[mode for mode, (key, _) in bench.BASELINE_RECORDS.items() if FLAGS[key].value],
         budget=budget,
-        store_root=os.path.join(FLAGS.data_dir or sources.default_data_dir(), store.STORE_DIR),
+        store_root=sources.store_root(FLAGS.data_dir),
         model_rates=_model_rates(config, steps) if FLAGS.stages else None,
     )
     if results["store"] is not None and results["store"]["written"] and FLAGS.second_process:
@@ -177,6 +179,7 @@ def _second_process(store_root: str) -> dict:
             "--noclassic",
             "--noclassic_tf_defaults",
             "--nosecond_process",
+            "--nostages",  # this process measured them
             f"--json={out}",
         ]
         print("bench_input: a second process reads the store ...", flush=True)

@@ -54,8 +54,8 @@ flags.DEFINE_integer("batch_size", _PIPELINE.batch_size, "Global batch size.")
 flags.DEFINE_string(
     "cache",
     _PIPELINE.cache,
-    "Where the decoded, resized uint8 images are kept after the first epoch: auto (in memory when they fit "
-    "--memory_budget, else a decoded store on disk under DATA_DIR/tfpipe_store), memory, none, or a folder "
+    "Where the decoded, resized uint8 images are kept, decoded once for every epoch: auto (in memory when they "
+    "fit --memory_budget, else a decoded store on disk under DATA_DIR/tfpipe_store), memory, none, or a folder "
     "for the decoded store.",
 )
 flags.DEFINE_string(
@@ -66,7 +66,10 @@ flags.DEFINE_string(
     "lower, less 2 GiB for TensorFlow and the model.",
 )
 flags.DEFINE_integer(
-    "shuffle_buffer", _PIPELINE.shuffle_buffer, "Shuffle buffer in images; 0 shuffles the whole split."
+    "shuffle_buffer",
+    _PIPELINE.shuffle_buffer,
+    "Without a cache (--cache=none, or through --data_service), the shuffle buffer of encoded images; 0 holds "
+    "the whole split. A cache shuffles the whole split by index and ignores it.",
 )
 flags.DEFINE_integer("seed", _PIPELINE.seed, "Seed for shuffling, augmentation and initialization; unset: random.")
 flags.DEFINE_boolean(

@@ -16,7 +16,7 @@ def limit_malloc_arenas() -> None:
 
     glibc's default of 8 arenas per core lets every tf.data thread keep its own
     pool of freed decode buffers, which raised the peak memory of a cached epoch
-    at no gain in speed (measured in BUILD_NOTES.md). The cap applies to
+    at no gain in speed (BUILD_NOTES.md, "Malloc arenas"). The cap applies to
     arenas created from now on, so it must come before the first tf.data
     pipeline runs; a process-wide setting, it belongs to the tools, not to the
     library.

@@ -9,7 +9,7 @@ examples with one copy (gather).
 Why not Dataset.cache(): it keeps every image as its own allocation, made while
 the decoding threads allocate and free buffers of every size. glibc malloc can
 neither reuse nor return the holes left between cached images, which then hold
-a large and varying share of the images' size on top (measured in BUILD_NOTES.md).
+a large and varying share of the images' size on top (BUILD_NOTES.md, "The memory cache is one array per split").
 Here each component has one buffer, allocated when a pass starts and written
 once per slot, so the cache costs the examples' bytes and no more. A later pass
 shuffles 8-byte indices instead of images.

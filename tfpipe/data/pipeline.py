@@ -33,7 +33,6 @@ Why this order:
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable
 
 import tensorflow as tf
@@ -41,8 +40,8 @@ from absl import logging
 
 from tfpipe import memory
 from tfpipe.data import order, store
-from tfpipe.data.preprocessing import RESIZE_METHOD, Preprocessing, decode_and_resize  # noqa: F401 (re-exported)
 from tfpipe.data.array_cache import ArrayCache
+from tfpipe.data.preprocessing import RESIZE_METHOD, Preprocessing, decode_and_resize  # noqa: F401 (re-exported)
 from tfpipe.errors import TfpipeError
 from tfpipe.paths import ensure_writable_dir
 
@@ -51,11 +50,11 @@ CACHE_MEMORY = "memory"
 CACHE_NONE = "none"
 CACHE_CHOICES = (CACHE_AUTO, CACHE_MEMORY, CACHE_NONE)
 # The memory cache's peak RSS over the bytes it holds: 1.07x-1.16x measured over 17 runs
-# (BUILD_NOTES.md, "Input pipeline"), rounded up.
+# (BUILD_NOTES.md, "The memory cache is one array per split"), rounded up.
 MEMORY_CACHE_PEAK = 1.2
 # Batches ready ahead of the consumer. Two absorb a slow step; deeper buffers add
 # no throughput in steady state, and tf.data's autotuned depth sometimes grew by
-# tens of batches mid-run (BUILD_NOTES.md), each a batch of images of memory.
+# tens of batches mid-run (BUILD_NOTES.md, "Prefetch depth 2"), each a batch of images of memory.
 PREFETCH_BATCHES = 2
 
 
@@ -338,7 +337,9 @@ def _cache(config, source, split, shard, max_examples, pipeline: Pipeline, log):
     requested = config.cache
     if requested == CACHE_AUTO:  # a caller without a run's plan: this split alone against the budget
         ledger = memory.Ledger(memory.MemoryBudget.detect())
-        root = os.path.join(_default_data_dir(), store.STORE_DIR)
+        from tfpipe.data import sources  # sources imports this module
+
+        root = sources.store_root(source.data_dir)
         requested, line = choose_cache(CACHE_AUTO, pipeline.count, config.image_bytes, ledger, root)
         log(line)
     if requested == CACHE_NONE or pipeline.count == 0:
@@ -358,9 +359,3 @@ def _cache(config, source, split, shard, max_examples, pipeline: Pipeline, log):
     )
     root = ensure_writable_dir(requested, flag="cache")
     return store.open_or_write(root, key, decoded, pipeline.count, log)
-
-
-def _default_data_dir() -> str:
-    from tfpipe.data import sources  # sources imports this module
-
-    return sources.default_data_dir()

@@ -23,7 +23,6 @@ import tensorflow as tf
 from tfpipe.data import file_index
 from tfpipe.errors import TfpipeError
 
-FILE = "preprocessing.json"  # in the run's directory (runs.files.PREPROCESSING)
 RESIZE_METHOD = "bilinear"  # stretched to a square, as the tutorial's tf.image.resize
 # libjpeg can decode at 1/2, 1/4 or 1/8 scale, skipping most of the inverse DCT.
 _JPEG_SCALES = (1, 2, 4, 8)

@@ -22,7 +22,7 @@ from typing import Mapping
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tfpipe.data import csv_labels, file_index, folder, offline, splits
+from tfpipe.data import csv_labels, file_index, folder, offline, splits, store
 from tfpipe.data.builders import EMBEDDED_DATASET, LOCAL_DATASETS
 from tfpipe.errors import TfpipeError
 from tfpipe.paths import ensure_writable_dir
@@ -67,6 +67,7 @@ class Source(abc.ABC):
 
     name: str
     class_names: tuple[str, ...]
+    data_dir: str | None = None  # open_source's: where its index and decoded stores live (store_root)
 
     @property
     def num_classes(self) -> int:
@@ -112,8 +113,9 @@ class Source(abc.ABC):
 
 
 class TfdsSource(Source):
-    def __init__(self, builder: tfds.core.DatasetBuilder):
+    def __init__(self, builder: tfds.core.DatasetBuilder, data_dir: str | None = None):
         self._builder = builder
+        self.data_dir = data_dir
         self.name = builder.info.full_name
         keys = builder.info.supervised_keys
         features = builder.info.features
@@ -173,8 +175,9 @@ class TfdsSource(Source):
 class FileSource(Source):
     """A folder: or csv: dataset: files listed with their labels, read by path."""
 
-    def __init__(self, name: str, index: file_index.FileIndex):
+    def __init__(self, name: str, index: file_index.FileIndex, data_dir: str | None = None):
         self._index = index
+        self.data_dir = data_dir
         self.name = name
         self.class_names = index.class_names
 
@@ -222,6 +225,11 @@ def _resolve_data_dir(data_dir: str | None) -> str:
     return os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
 
 
+def store_root(data_dir: str | None) -> str:
+    """DATA_DIR/tfpipe_store: where --cache=auto writes decoded stores (data.store)."""
+    return os.path.join(_resolve_data_dir(data_dir), store.STORE_DIR)
+
+
 def check_spec(
     spec: DatasetSpec | str, data_dir: str | None = None, csv: csv_labels.CsvOptions = csv_labels.CsvOptions()
 ) -> None:
@@ -248,13 +256,13 @@ def open_source(
     data_dir = _resolve_data_dir(data_dir)
     index_cache = os.path.join(data_dir, file_index.INDEX_CACHE_DIR)
     if spec.kind == FOLDER:
-        return FileSource(f"{FOLDER_PREFIX}{spec.target}", folder.index_folder(spec.target, index_cache))
+        return FileSource(f"{FOLDER_PREFIX}{spec.target}", folder.index_folder(spec.target, index_cache), data_dir)
     if spec.kind == CSV:
-        return FileSource(f"{CSV_PREFIX}{spec.target}", csv_labels.index_csv(spec.target, csv, index_cache))
+        return FileSource(f"{CSV_PREFIX}{spec.target}", csv_labels.index_csv(spec.target, csv, index_cache), data_dir)
     builder = _tfds_builder(spec.target, data_dir)
     if not builder.is_prepared():
         _prepare(builder, spec.target, data_dir)
-    return TfdsSource(builder)
+    return TfdsSource(builder, data_dir)
 
 
 def _tfds_builder(spec: str, data_dir: str) -> tfds.core.DatasetBuilder:

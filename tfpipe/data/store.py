@@ -7,8 +7,8 @@ to disk once and read by every later epoch and every later run on the same data.
         manifest.json           written last: a folder without one is not a store
 
 For splits that do not fit the memory budget (tfpipe.memory). Why this format (measured against
-ArrayRecord, Dataset.save/load, TFRecord and tf.data's file cache in BUILD_NOTES.md, "Decoded
-store"): every image has the same size, so image i sits at a known offset and a batch is read by
+ArrayRecord, Dataset.save/load, TFRecord and tf.data's file cache in BUILD_NOTES.md, "Its
+format"): every image has the same size, so image i sits at a known offset and a batch is read by
 its indices, with no index file and no record framing, and the reader holds nothing but the
 batch it reads. The order of an epoch is then a permutation of indices (8 bytes an image) drawn
 afresh every epoch: a global shuffle over the whole split with no shuffle buffer of images, as

@@ -40,7 +40,7 @@ DEFAULT_REPRESENTATIVE_IMAGES = 300
 MIN_REPRESENTATIVE_IMAGES = 20
 DEFAULT_CHECK_IMAGES = 1000  # validation images the exported file and the Keras model both classify
 # How far, in accuracy points, an exported file may fall below the Keras model by default:
-# weights in int8 cost a little (measured: BUILD_NOTES.md, "Export"); float ones nothing.
+# weights in int8 cost a little (measured: BUILD_NOTES.md, "Sizes and speed"); float ones nothing.
 MAX_ACCURACY_DROP = {"none": 0.5, "float16": 0.5, "dynamic": 2.0, "int8": 2.0}
 _CHECK_BATCH = 32
 

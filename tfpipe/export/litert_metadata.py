@@ -51,7 +51,8 @@ def embed(
 
     tree = tflite.ModelT.InitFromObj(tflite.Model.GetRootAsModel(model, 0))
     graph = tree.subgraphs[0]
-    (image,), (scores,) = [graph.tensors[i] for i in graph.inputs], [graph.tensors[i] for i in graph.outputs]
+    # One input and one output, or this unpacking fails: the metadata describes exactly those.
+    (image,), (_,) = [graph.tensors[i] for i in graph.inputs], [graph.tensors[i] for i in graph.outputs]
     quantization = _quantization(image)
 
     image_metadata = meta.TensorMetadataT()

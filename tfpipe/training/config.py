@@ -55,7 +55,7 @@ class TrainConfig:
     initial_epochs: int = 10
     fine_tune_epochs: int = 10
     # The head's rate. The tutorial's 1e-4 suits its 630 phase-1 steps; on a few hundred images
-    # (100 steps) it left the head short of converging (BUILD_NOTES.md, "Pretrained base").
+    # (100 steps) it left the head short of converging (BUILD_NOTES.md, "Learning rate").
     learning_rate: float = 1e-3
     fine_tune_lr_factor: float = 0.1
     # Stop a phase after this many epochs without a lower val_loss (Keras' EarlyStopping); 0: off.

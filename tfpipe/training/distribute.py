@@ -188,7 +188,7 @@ def replica_batches(batches: tf.data.Dataset, per_replica: int, local_replicas: 
 
     Why: tf.distribute hands a replica whose pipeline ran out an empty batch, and
     on CPUs where TensorFlow turns oneDNN on, TF 2.21's conv2d returns an empty
-    input unchanged, so the next layer fails on the shape (BUILD_NOTES.md). So
+    input unchanged, so the next layer fails on the shape (BUILD_NOTES.md, "The oneDNN empty-batch fact"). So
     every replica gets a full batch at every step, and every pipeline as many
     steps as the others: a short last batch is padded, and a pipeline with fewer
     batches than `steps` gets whole batches of padding. Padding examples are zeros

@@ -9,7 +9,7 @@ Memory: the outputs are written batch by batch into arrays allocated once at the
 final size, and the datasets made from them shuffle and batch indices and gather
 each batch from the arrays (as the image cache does), so the stored outputs are held
 once: no list of batches to concatenate, no copy into a tf.data tensor, no shuffle
-buffer holding a second copy (measured in BUILD_NOTES.md, "Memory budget").
+buffer holding a second copy (measured in BUILD_NOTES.md, "The memory plan").
 """
 
 from __future__ import annotations

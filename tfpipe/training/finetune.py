@@ -1,4 +1,4 @@
-"""The fine-tune boundary and the two-phase schedule.
+"""The two-phase schedule (which layers of the base train: models.trainable).
 
 Phase 1 (feature extraction): the whole base is frozen and only the head trains.
 Phase 2 (fine-tuning): layers of the base from `fine_tune_at` on are unfrozen and

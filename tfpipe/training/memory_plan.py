@@ -13,7 +13,7 @@ of them is checked against what the images leave. A store that does not fit give
 line saying why: features and activations to end-to-end training of their phase (which then
 needs the decoded images), the image cache to the decoded store on disk.
 
-Peaks, measured in BUILD_NOTES.md ("Memory budget"): stored features and activations at
+Peaks, measured in BUILD_NOTES.md ("The memory plan"): stored features and activations at
 STORED_PEAK times their bytes (arrays allocated once and filled, then read by index:
 training.features), besides the frozen forward pass of the extraction, which the budget's
 margin covers; the image cache at pipeline.MEMORY_CACHE_PEAK times its bytes.
@@ -22,12 +22,11 @@ margin covers; the image cache at pipeline.MEMORY_CACHE_PEAK times its bytes.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
 from tfpipe import memory
-from tfpipe.data import pipeline, sources, store
+from tfpipe.data import pipeline, sources
 from tfpipe.training import activations
 
 # Resident over the stored bytes: 1.28x after extraction, 1.52x after a training epoch on them
@@ -101,7 +100,7 @@ def image_cache(
     """(cache, line) for `examples` decoded images (pipeline.choose_cache), the store under
     DATA_DIR/tfpipe_store when --cache=auto sends them to disk; without a cache, the shuffle buffer
     (of encoded images, `encoded_image_bytes` each on average) is checked against the budget."""
-    root = os.path.abspath(os.path.join(data_dir or sources.default_data_dir(), store.STORE_DIR))
+    root = sources.store_root(data_dir)
     cache, line = pipeline.choose_cache(config.cache, examples, config.image_bytes, ledger, root)
     if cache == pipeline.CACHE_NONE:
         _check_shuffle_buffer(config, examples, encoded_image_bytes, ledger)

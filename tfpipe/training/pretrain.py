@@ -94,7 +94,15 @@ class PretrainConfig:
 
 
 def pretrain(config: PretrainConfig, *, extra_callbacks: tuple = (), log: Callable[[str], None] = print) -> dict:
-    """Trains (or resumes training) the base from scratch; returns what results.json holds."""
+    """Trains (or resumes training) the base from scratch; returns what results.json holds.
+
+    Example::
+
+        import tfpipe
+
+        results = tfpipe.pretrain(tfpipe.PretrainConfig(model_dir="runs/base", epochs=5))
+        print(results["weights_file"])  # runs/base/base.weights.h5, a no-top weights file, and its sha256
+    """
     started = time.monotonic()
     config.validate()
     run_dir = RunDirectory(config.model_dir, config.fingerprint(), overwrite=config.overwrite, all_weights=True)

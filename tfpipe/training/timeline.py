@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 
-
 _launched_at: float | None = None
 
 
