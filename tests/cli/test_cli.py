@@ -1,6 +1,7 @@
 """bin/train and bin/bench_input as a user runs them."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,6 +213,21 @@ def test_bench_input_one_epoch_reports_the_cold_epoch_only(tmp_path, data_dir):
     assert len(data["tfpipe"]["epoch_images_per_sec"]) == 1
     ratio_row = next(line for line in result.stdout.splitlines() if line.startswith("tfpipe / classic (serial)"))
     assert ratio_row.rstrip().endswith("-")
+
+
+def test_bench_input_beyond_the_budget_writes_a_store_that_a_second_process_reads(tmp_path, data_dir):
+    # A data_dir of its own, so that this run, not an earlier one, writes the store.
+    shutil.copytree(os.path.join(data_dir, TINY.split("/")[0]), tmp_path / "data" / TINY.split("/")[0])
+    out = tmp_path / "bench.json"
+    # A boolean flag among those the second process is given: absl writes it as --nojpeg_dct_scaling.
+    flags = ("--epochs=2", "--memory_budget=1KB", "--noclassic", "--noclassic_tf_defaults", "--nostages")
+    result = run_bench(str(tmp_path / "data"), out, *flags, "--nojpeg_dct_scaling")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = read_json(out)
+    assert data["store"]["written"] and data["cache"].startswith(str(tmp_path / "data"))
+    second = data["second_process"]
+    assert second["store"]["written"] is False and second["cold_images_per_sec"] > 0  # it decoded nothing
+    assert "tfpipe, 2nd process" in result.stdout
 
 
 BENCH_INPUT_BAD_INPUT = [

@@ -1,6 +1,6 @@
 """A base of 18 layers for the tests of run mechanics (phases, resume, killed writers,
 early stopping, mirrored replicas, pretrain), where EfficientNet-Lite0's weights play no
-part and TensorFlow tracing its graph was 12 of a tiny run's 20 s (BUILD_NOTES.md, "Tests").
+part and TensorFlow tracing its graph was most of a tiny run's 18 s (BUILD_NOTES.md, "Tests").
 
 It has what those mechanics meet in the real base: convolutions and a depthwise convolution
 followed by BatchNorm (the ops that fail on an empty replica batch with oneDNN on), a skip

@@ -11,8 +11,8 @@ from helpers.images import write_image
 from helpers.runs import read_json
 from helpers.tools import assert_one_line_error, run_tool
 
-from tfpipe.errors import TfpipeError
 from tfpipe.data import preprocessing
+from tfpipe.errors import TfpipeError
 from tfpipe.inference import predict
 
 # Tests that share the session's finished run go to one test process, which builds it once.

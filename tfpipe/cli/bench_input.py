@@ -71,9 +71,6 @@ _SECOND_PROCESS_FLAGS = (
     "csv_file_column",
     "csv_label_column",
     "train_split",
-    "image_size",
-    "backbone",  # the default image size is the backbone's
-    "alpha",
     "batch_size",
     "seed",
     "jpeg_dct_scaling",
@@ -141,7 +138,7 @@ def run() -> dict:
         model_rates=_model_rates(config, steps) if FLAGS.stages else None,
     )
     if results["store"] is not None and results["store"]["written"] and FLAGS.second_process:
-        results["second_process"] = _second_process(results["cache"])
+        results["second_process"] = _second_process(results["cache"], config.image_size)
     return results
 
 
@@ -168,13 +165,15 @@ def _model_rates(config, augment_steps):
     return measure
 
 
-def _second_process(store_root: str) -> dict:
+def _second_process(store_root: str, image_size: int) -> dict:
     """bench_input's tfpipe side again, in a new process reading the store this one wrote."""
     with tempfile.TemporaryDirectory() as scratch:
         out = os.path.join(scratch, "second.json")
         keep = [name for name in _SECOND_PROCESS_FLAGS if FLAGS[name].present]
-        command = [sys.executable, sys.argv[0], *[f"--{name}={FLAGS[name].serialize().split('=', 1)[1]}" for name in keep]]
+        # serialize() gives --name=value, or --[no]name for a boolean
+        command = [sys.executable, sys.argv[0], *[FLAGS[name].serialize() for name in keep]]
         command += [
+            f"--image_size={image_size}",  # resolved here (a backbone's own size); the second process builds no model
             f"--cache={store_root}",
             "--noclassic",
             "--noclassic_tf_defaults",

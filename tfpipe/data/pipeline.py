@@ -39,7 +39,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfpipe import memory
-from tfpipe.data import order, store
+from tfpipe.data import order, sources, store
 from tfpipe.data.array_cache import ArrayCache
 from tfpipe.data.preprocessing import RESIZE_METHOD, Preprocessing, decode_and_resize  # noqa: F401 (re-exported)
 from tfpipe.errors import TfpipeError
@@ -337,8 +337,6 @@ def _cache(config, source, split, shard, max_examples, pipeline: Pipeline, log):
     requested = config.cache
     if requested == CACHE_AUTO:  # a caller without a run's plan: this split alone against the budget
         ledger = memory.Ledger(memory.MemoryBudget.detect())
-        from tfpipe.data import sources  # sources imports this module
-
         root = sources.store_root(source.data_dir)
         requested, line = choose_cache(CACHE_AUTO, pipeline.count, config.image_bytes, ledger, root)
         log(line)

@@ -209,7 +209,7 @@ def _store_int8_weights(source: str, path: str) -> None:
     Not onnxruntime's quantize_dynamic: on EfficientNet-Lite0 its integer convolutions
     (ConvInteger, activations quantized per call from the whole batch's range) scored 2-3
     test points below the Keras model, gave an image different outputs in different batches,
-    and ran 5x slower than float32 on a CPU (BUILD_NOTES.md, "Export formats")."""
+    and took 20-24 ms an image against float32's 4 (BUILD_NOTES.md, "Export formats")."""
     import onnx
     from onnx import helper, numpy_helper
 

@@ -31,11 +31,13 @@ class Timeline:
     process may have lived for hours before it."""
 
     def __init__(self):
+        global _launched_at
         now = time.time()
         if _launched_at is not None and _launched_at <= now:
             self.marks = [("launch", _launched_at), ("imports and start-up", now)]
         else:
             self.marks = [("train() called", now)]
+        _launched_at = None  # the tool's launch times its first run only: a later train() call starts anew
 
     def mark(self, what: str) -> None:
         """`what` ends now: the time since the last mark was spent on it."""
