@@ -46,18 +46,17 @@ def _examples(steps) -> list[int]:
     return [value for step in steps for value in step]
 
 
+def _run_to_its_end(command) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def _run_killed_and_resumed(tmp_path, data_dir, mirrored, overrides):
     replicas = 2 if mirrored else 1
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
     reference_record, killed_record, resumed_record = (tmp_path / name for name in ("ref.txt", "killed.txt", "resumed.txt"))
-    done = subprocess.run(
-        _command(data_dir, reference_dir, reference_record, overrides, mirrored),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env(),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run_to_its_end(_command(data_dir, reference_dir, reference_record, overrides, mirrored))
 
     killed = subprocess.Popen(
         _command(data_dir, run_dir, killed_record, overrides, mirrored),
@@ -84,14 +83,7 @@ def _run_killed_and_resumed(tmp_path, data_dir, mirrored, overrides):
     assert saved is not None, "the run never saved inside epoch 2"
     assert read_json(state_file)["position"] == saved  # killed between two saves
 
-    resumed = subprocess.run(
-        _command(data_dir, run_dir, resumed_record, overrides, mirrored),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env(),
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = _run_to_its_end(_command(data_dir, run_dir, resumed_record, overrides, mirrored))
     log = json.loads(resumed.stdout.strip().splitlines()[-1])["log"]
     assert f"Resuming epoch 2 at step 2 of {STEPS}" in log, log
 

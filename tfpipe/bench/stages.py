@@ -64,8 +64,7 @@ def pipeline_stages(source, split: str, config: pipeline.PipelineConfig, made, a
     lengths = encoded.map(lambda image, label: tf.strings.length(image)).batch(64).prefetch(2)
     read_bytes = sum(int(tf.reduce_sum(batch)) for batch in lengths)
     images, read_seconds = time_dataset(lengths, images_of=lambda batch: int(batch.shape[0]))
-    decode = config.preprocessing.decode
-    decoded = encoded.map(lambda image, label: (decode(image), label), num_parallel_calls=tf.data.AUTOTUNE)
+    decoded = config.preprocessing.decode_examples(encoded)
     rates = {
         "read": _rate(images, read_seconds),
         "read_mb_per_sec": read_bytes / 2**20 / read_seconds if read_seconds > 0 else None,

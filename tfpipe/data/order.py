@@ -22,9 +22,10 @@ import tensorflow as tf
 SEED_LIMIT = 2**31 - 1  # seeds are drawn below this and kept in the run's state
 
 
-def draw_seed() -> int:
-    """A seed for a run given none: drawn once and recorded, so that its resumed epochs replay."""
-    return int(np.random.default_rng().integers(0, SEED_LIMIT))
+def seed_or_draw(seed: int | None) -> int:
+    """`seed`, or for a run given none a seed drawn here; the run records it, so that its resumed
+    epochs replay."""
+    return seed if seed is not None else int(np.random.default_rng().integers(0, SEED_LIMIT))
 
 
 def epoch_positions(count: int, seed: int, epoch, start=0, table: np.ndarray | None = None) -> tf.data.Dataset:

@@ -170,7 +170,7 @@ class Pipeline:
         if config.image_size is None:
             raise ValueError("PipelineConfig.image_size is None: size the config first (PipelineConfig.sized)")
         self.config, self.service = config, service
-        self.seed = seed if seed is not None else config.seed if config.seed is not None else order.draw_seed()
+        self.seed = seed if seed is not None else order.seed_or_draw(config.seed)
         encoded = source.encoded(split, whole=service is None or not service.dynamic)
         if shard is not None:
             encoded = encoded.shard(*shard)
@@ -195,8 +195,7 @@ class Pipeline:
 
     def decoded(self) -> tf.data.Dataset:
         """(uint8 image, label) of every example, decoded and resized in parallel, in the source's order."""
-        decode = self.config.preprocessing.decode
-        return self._encoded.map(lambda encoded, label: (decode(encoded), label), num_parallel_calls=tf.data.AUTOTUNE)
+        return self.config.preprocessing.decode_examples(self._encoded)
 
     def batches(self, *, training: bool, epoch=0, start_step=0, augmentation=None, balance=None) -> tf.data.Dataset:
         """One epoch: (uint8 images [B, S, S, 3], int64 labels [B][, sample weights]) batches.
@@ -233,8 +232,7 @@ class Pipeline:
                 else:
                     dataset = dataset.shuffle(buffer, seed=order.epoch_seed(self.seed, epoch))
                     dataset = dataset.skip(start_step * batch_size)
-            decode = self.config.preprocessing.decode
-            dataset = dataset.map(lambda encoded, label: (decode(encoded), label), num_parallel_calls=tf.data.AUTOTUNE)
+            dataset = self.config.preprocessing.decode_examples(dataset)
             # A plain batch(): copying uint8 images is cheap, and a parallel batch's extra
             # buffers cost memory for no speed on the benchmark machine.
             dataset = dataset.batch(batch_size, drop_remainder=training)

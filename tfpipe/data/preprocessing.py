@@ -39,6 +39,10 @@ class Preprocessing:
         """Encoded image bytes -> uint8 [S, S, 3], as training saw them."""
         return decode_and_resize(encoded, self.image_size, self.jpeg_dct_scaling)
 
+    def decode_examples(self, examples: tf.data.Dataset) -> tf.data.Dataset:
+        """(encoded bytes, label) -> (uint8 image, label), decoded and resized in parallel, in order."""
+        return examples.map(lambda encoded, label: (self.decode(encoded), label), num_parallel_calls=tf.data.AUTOTUNE)
+
     @property
     def decode_options(self) -> str:
         """Everything besides the size that shapes the pixels (a key of the decoded store)."""

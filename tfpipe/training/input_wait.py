@@ -22,6 +22,7 @@ import keras
 from tfpipe.models import step_timer
 from tfpipe.models.step_timer import StepSeconds
 
+
 def measuring(model, strategy, *, jit_compile: bool, log) -> list:
     """[InputWait] for a fit of `model` (its step timer attached), or [] under --jit_compile, said once."""
     if jit_compile:

@@ -181,7 +181,7 @@ def _compile(classifier, config: PretrainConfig, metadata, run_dir: RunDirectory
 def _fit(classifier, config: PretrainConfig, source, run_dir: RunDirectory, clock, extra_callbacks, log) -> None:
     """Every epoch in its order (data.order), saved inside epochs as --checkpoint_every says, so a
     killed pretraining resumes at the step it saved (training.resume)."""
-    seed = run_dir.data_seed(config.pipeline.seed if config.pipeline.seed is not None else order.draw_seed())
+    seed = run_dir.data_seed(order.seed_or_draw(config.pipeline.seed))
     train_data = pipeline.Pipeline(source, config.train_split, config.pipeline, seed=seed, log=log)
     val_data = pipeline.Pipeline(source, config.val_split, config.pipeline, seed=seed, log=log)
     clock.start(PHASE)

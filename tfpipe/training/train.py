@@ -286,9 +286,8 @@ class _RunData:
             made = self._pipeline(split, batch_size, shard, service, seed)
             if not training:
                 return lambda epoch, start: made.batches(training=False)
+            # Through the service the pipeline ignores the epoch and step: the service reshuffles each pass.
             options = dict(augmentation=self.augmentation, balance=self.balance)
-            if service is not None:
-                return lambda epoch, start: made.batches(training=True, **options)
             return lambda epoch, start: made.batches(training=True, epoch=epoch, start_step=start, **options)
 
         return distribute.distributed(
@@ -334,6 +333,12 @@ class _RunData:
         so never cached: its decoded images would only add to the run's peak memory."""
         once = dataclasses.replace(self.config.pipeline, cache=pipeline.CACHE_NONE)
         return pipeline.build(self.source, split, once, training=False)
+
+    def local_train_and_validation(self) -> tuple[list[tf.data.Dataset], list[int]]:
+        """The training and validation splits, each `local`, and their example counts: what a single
+        pass of the frozen layers reads."""
+        splits = (self.config.train_split, self.config.val_split)
+        return [self.local(split) for split in splits], [self.source.count(split) for split in splits]
 
 
 def _plan_memory(config: TrainConfig, budget: memory.MemoryBudget, base: _Base, data: _RunData):
@@ -383,8 +388,7 @@ class _PhaseFitter:
         self.clock = callbacks.PhaseClock(run_dir.state.wall_seconds)
         self.last_optimizer = None
         # Every epoch's order: data.order. An unseeded run's drawn seed is kept in its state.
-        seed = config.pipeline.seed
-        self.seed = run_dir.data_seed(seed if seed is not None else order.draw_seed())
+        self.seed = run_dir.data_seed(order.seed_or_draw(config.pipeline.seed))
         self.saves = []  # (saves, seconds) of each fit's StepCheckpoint
         self._val_ds = None  # made by the first end-to-end phase, and kept (its cache fills once)
 
@@ -450,8 +454,7 @@ class _PhaseFitter:
     def _fit_head_on_features(self, phase, first, extra_callbacks):
         self.log("Fast feature extraction: running the frozen base once over the training and validation data")
         # Every worker extracts from all the data, locally; the head's fit distributes the features.
-        splits = (self.config.train_split, self.config.val_split)
-        local, counts = [self.data.local(split) for split in splits], [self.data.source.count(s) for s in splits]
+        local, counts = self.data.local_train_and_validation()
         (train_x, train_y), (val_x, val_y) = features.extract(self.classifier, local, counts)
         self.moments.mark("frozen base's pass over the images")
         with self.strategy.scope():  # Keras gives a model the strategy it is created under
@@ -507,8 +510,7 @@ class _PhaseFitter:
         return [callbacks.StopAtPlateau(self.run_dir, phase.name, patience)] if patience else []
 
     def _fit_top_on_activations(self, phase, first, extra_callbacks, at):
-        splits = (self.config.train_split, self.config.val_split)
-        local, counts = [self.data.local(split) for split in splits], [self.data.source.count(s) for s in splits]
+        local, counts = self.data.local_train_and_validation()
         with self.strategy.scope():
             bottom, top = activations.split_classifier(self.classifier, self.base.model, at)
         (train_x, train_y), (val_x, val_y) = activations.extract(bottom, local, counts)
