@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpipe.models import classifier as model_lib
+from tfpipe.models import folding
 from tfpipe.training import features
 
 
@@ -73,9 +74,7 @@ def split_classifier(classifier: keras.Model, base: keras.Model, at: Boundary):
     both sharing the classifier's layers."""
     layers = classifier.layers
     base_position = [layer.name for layer in layers].index(model_lib.BASE_LAYER)
-    x = classifier.input
-    for layer in layers[1:base_position]:  # to_float and the backbone's scaling; no augmentation here
-        x = layer(x)
+    x = model_lib.below_base(classifier, classifier.input)
     bottom_of_base = keras.Model(base.input, list(at.tensors), name="base_bottom")
     bottom = keras.Model(classifier.input, bottom_of_base(x), name="bottom")
     top_of_base = keras.Model(list(at.tensors), base.output, name="base_top")
@@ -90,5 +89,6 @@ def split_classifier(classifier: keras.Model, base: keras.Model, at: Boundary):
 def extract(
     bottom: keras.Model, datasets: list[tf.data.Dataset], counts: list[int]
 ) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
-    """(activations, labels) for every example of each dataset (counts[i] examples), in one pass each."""
-    return features.run_once(lambda images: bottom(images, training=False), datasets, counts)
+    """(activations, labels) for every example of each dataset (counts[i] examples), in one pass each,
+    through `bottom` with its batch norms folded into its convolutions (tfpipe.models.folding)."""
+    return features.run_once(folding.FoldedInference(bottom), datasets, counts)
