@@ -41,6 +41,23 @@ def test_both_sides_run_and_the_race_is_timed_from_each_launch(tmp_path, data_di
 
 
 @pytest.mark.slow
-def test_bad_input_is_one_line(data_dir):
-    result = run_tool("bench_train", f"--data_dir={data_dir}", "--target=1.5", timeout=120)
-    assert_one_line_error(result, "bench_train", "--target=1.5 is a validation accuracy")
+@pytest.mark.parametrize(
+    "flag, message", [("--target=1.5", "--target=1.5 is a validation accuracy"), ("--repeats=0", "race at least once")]
+)
+def test_bad_input_is_one_line(data_dir, flag, message):
+    result = run_tool("bench_train", f"--data_dir={data_dir}", flag, timeout=120)
+    assert_one_line_error(result, "bench_train", message)
+
+
+def test_several_races_are_summed_up_by_the_median_of_their_ratios():
+    from tfpipe.cli.bench_train import format_summary, summarize
+
+    pairs = ((12.0, 3.0), (None, 2.0), (8.0, 2.5))
+    races = [{"speedup_to_target": ratio, "speedup_wall": wall} for ratio, wall in pairs]
+    summary = summarize(races)
+    assert summary["races"] == races and summary["speedups_to_target"] == [12.0, None, 8.0]
+    assert summary["median_speedup_to_target"] == 8.0  # never reaching the target counts as 0
+    assert summary["median_speedup_wall"] == 2.5
+    assert format_summary(summary) == (
+        "median of 3 races: tfpipe reaches the target 8.0x sooner (races: 12.0x, never, 8.0x); whole runs 2.5x"
+    )
