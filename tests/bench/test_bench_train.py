@@ -52,12 +52,17 @@ def test_bad_input_is_one_line(data_dir, flag, message):
 def test_several_races_are_summed_up_by_the_median_of_their_ratios():
     from tfpipe.cli.bench_train import format_summary, summarize
 
-    pairs = ((12.0, 3.0), (None, 2.0), (8.0, 2.5))
-    races = [{"speedup_to_target": ratio, "speedup_wall": wall} for ratio, wall in pairs]
+    def race(ratio, tutorial_seconds, wall):
+        return {"speedup_to_target": ratio, "speedup_wall": wall, "tutorial": {"seconds_to_target": tutorial_seconds}}
+
+    races = [race(12.0, 60.0, 3.0), race(None, 50.0, 2.0), race(8.0, 40.0, 2.5), race(None, None, 1.0)]
     summary = summarize(races)
-    assert summary["races"] == races and summary["speedups_to_target"] == [12.0, None, 8.0]
-    assert summary["median_speedup_to_target"] == 8.0  # never reaching the target counts as 0
-    assert summary["median_speedup_wall"] == 2.5
+    assert summary["races"] == races and summary["speedups_to_target"] == [12.0, None, 8.0, None]
+    # tfpipe never reaching the target counts as 0; the tutorial never reaching it gives no ratio.
+    assert summary["median_speedup_to_target"] == 8.0
+    assert summary["median_speedup_wall"] == 2.25
     assert format_summary(summary) == (
-        "median of 3 races: tfpipe reaches the target 8.0x sooner (races: 12.0x, never, 8.0x); whole runs 2.5x"
+        "median of 4 races: tfpipe reaches the target 8.0x sooner "
+        "(races: 12.0x, tfpipe never, 8.0x, tutorial never); whole runs 2.2x"
     )
+    assert summarize([race(None, None, 1.0)])["median_speedup_to_target"] is None

@@ -81,7 +81,8 @@ def test_a_nested_model_is_folded_and_layers_that_train_differently_run_in_infer
     convolved = keras.layers.Conv2D(4, 3, use_bias=False)(inner_input)
     inner = keras.Model(inner_input, keras.layers.BatchNormalization()(convolved))
     outer_input = keras.Input((8, 8, 3))
-    outer = keras.Model(outer_input, keras.layers.Dropout(0.9)(inner(outer_input)))
+    # Recorded in the graph as training=True: only the walk's own training=False keeps it off.
+    outer = keras.Model(outer_input, keras.layers.Dropout(0.9)(inner(outer_input), training=True))
     _randomize_statistics(outer)
     images = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype(np.float32)
     folded = FoldedInference(outer)
@@ -96,3 +97,34 @@ def test_a_model_without_anything_to_fold_runs_as_it_is():
     folded = FoldedInference(model)
     x = np.ones((2, 4), np.float32)
     assert folded.folded == [] and np.allclose(folded(x), model(x, training=False))
+
+
+def test_under_mixed_precision_a_folded_pair_computes_and_gives_out_the_layers_dtypes():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = _small_graph()
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    _randomize_statistics(model)
+    images = np.random.default_rng(5).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    expected = model(images, training=False)
+    got = FoldedInference(model)(images)
+    for folded, plain in zip(got, expected):
+        assert folded.dtype == plain.dtype == "float16"
+        np.testing.assert_allclose(np.float32(folded), np.float32(plain), rtol=0.05, atol=0.05)
+
+
+def test_a_subclassed_convolution_is_left_as_it_is():
+    class DoubledConv(keras.layers.Conv2D):  # computes its output another way than Conv2D
+        def call(self, inputs):
+            return super().call(inputs) * 2.0
+
+    inputs = keras.Input((6, 6, 3))
+    convolved = DoubledConv(4, 3, use_bias=False)(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(convolved))
+    _randomize_statistics(model)
+    images = np.ones((1, 6, 6, 3), np.float32)
+    folded = FoldedInference(model)
+    assert folded.folded == []
+    np.testing.assert_allclose(folded(images), model(images, training=False), rtol=1e-5)

@@ -9,6 +9,7 @@ from helpers.runs import tiny_train_config
 
 from tfpipe.models import backbones, trainable
 from tfpipe.models import classifier as model_lib
+from tfpipe.models.folding import FoldedInference
 from tfpipe.training import activations
 
 
@@ -35,6 +36,29 @@ def test_the_boundary_is_every_tensor_that_crosses_it():
     assert activations.boundary(base, 0) is None and activations.boundary(base, 1) is None  # nothing frozen computes
     at = activations.boundary(base, names.index("add"))
     assert at.bytes_per_example == 2 * 16 * 16 * 4 * 4
+
+
+def test_extracted_activations_are_the_bottoms_outputs_with_its_batch_norms_folded():
+    """At `add` the boundary is bn_a's output (conv_a and bn_a fold into one) and conv_b's raw
+    output (kept: it is an output of the bottom); bn_a's statistics far from a fresh layer's."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(2)
+    base = _base_with_a_skip_connection()
+    rng = np.random.default_rng(4)
+    norm = base.get_layer("bn_a")
+    norm.set_weights([rng.uniform(0.5, 2.0, w.shape) for w in norm.weights])
+    model = model_lib.build_classifier(backbones.get("mobilenet_v2"), base, 16, 3)
+    at = activations.boundary(base, [layer.name for layer in base.layers].index("add"))
+    bottom, _ = activations.split_classifier(model, base, at)
+    images = rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+    batches = tf.data.Dataset.from_tensor_slices((images, np.arange(6) % 3)).batch(4)
+    ((outputs, labels),) = activations.extract(bottom, [batches], [6])
+    expected = bottom(images, training=False)
+    assert len(outputs) == 2 and FoldedInference(bottom).folded == ["bn_a"]
+    for got, want in zip(outputs, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(labels, np.arange(6) % 3)
 
 
 def test_efficientnet_lite0_at_layer_100_caches_one_tensor():

@@ -197,7 +197,9 @@ class Pipeline:
         """(uint8 image, label) of every example, decoded and resized in parallel, in the source's order."""
         return self.config.preprocessing.decode_examples(self._encoded)
 
-    def batches(self, *, training: bool, epoch=0, start_step=0, augmentation=None, balance=None) -> tf.data.Dataset:
+    def batches(
+        self, *, training: bool, epoch=0, start_step=0, augmentation=None, balance=None, tuned: bool = True
+    ) -> tf.data.Dataset:
         """One epoch: (uint8 images [B, S, S, 3], int64 labels [B][, sample weights]) batches.
 
         training: epoch `epoch`'s order from step `start_step`, the last partial batch dropped
@@ -207,6 +209,7 @@ class Pipeline:
           None when augmentation runs in the model.
         balance: a tfpipe.data.balance.ClassBalance for training batches: oversampled and/or
           weighted (images, labels, sample weights).
+        tuned: tf.data's autotuning on (pipeline_options).
         """
         batch_size = self.config.batch_size
         balance = balance if training else None
@@ -245,7 +248,7 @@ class Pipeline:
             dataset = balance.add_weights(dataset)
         if self.service is not None:
             dataset = self.service.distribute(dataset)
-        return dataset.prefetch(PREFETCH_BATCHES).with_options(pipeline_options(self.seed))
+        return dataset.prefetch(PREFETCH_BATCHES).with_options(pipeline_options(self.seed, tuned=tuned))
 
     def epochs(self, first: int, end: int, start_step: int = 0, **batch_options) -> tf.data.Dataset:
         """Training batches of epochs first .. end-1 in one stream, epoch `first` from `start_step`."""
@@ -285,15 +288,17 @@ def build(
     service=None,
     balance=None,
     log: Callable[[str], None] = logging.info,
+    tuned: bool = True,
 ) -> tf.data.Dataset:
     """Batches of (uint8 images [B, S, S, 3], int64 labels [B]) from `split` of `source` (Pipeline).
 
     training: shuffled and without the last partial batch; each pass over the dataset is the
       next epoch, in its order, from epoch `epoch_offset`.
+    tuned=False: for evaluation data read in a single pass (pipeline_options).
     """
     made = Pipeline(source, split, config, shard=shard, max_examples=max_examples, service=service, log=log)
     if not training:
-        return made.batches(training=False)
+        return made.batches(training=False, tuned=tuned)
     return made.every_pass_a_new_epoch(epoch_offset, augmentation=augmentation, balance=balance)
 
 
@@ -307,12 +312,15 @@ def augment_to_uint8(augmentation, images: tf.Tensor) -> tf.Tensor:
     return tf.saturate_cast(tf.round(augmented), tf.uint8)
 
 
-def pipeline_options(seed: int | None) -> tf.data.Options:
+def pipeline_options(seed: int | None, tuned: bool = True) -> tf.data.Options:
+    """tuned=False for a single pass in order: deleting an autotuned iterator after its pass held the
+    main thread about 1 s in 3 of 8 runs (2-4 ms untuned; BUILD_NOTES.md, "Where a run's first
+    seconds go"), and one pass gains nothing from tuning."""
     options = tf.data.Options()
     # A seeded run must give the same order every time; an unseeded one lets
     # parallel stages hand out elements as they finish.
     options.deterministic = seed is not None
-    options.autotune.enabled = True
+    options.autotune.enabled = tuned
     # Parallelism comes from tf.data's own thread pool; ops inside a map using
     # intra-op threads too would oversubscribe the cores (tf.data guide).
     options.threading.max_intra_op_parallelism = 1

@@ -242,13 +242,26 @@ def folded_feature_extractor(model: keras.Model):
 
 
 def below_base(model: keras.Model, x):
-    """`x` through the classifier's layers below its base: the cast to float and the backbone's
-    scaling; augmentation, which passes images through in inference, is left out."""
-    names = [layer.name for layer in model.layers]
-    for layer in model.layers[1 : names.index(BASE_LAYER)]:
-        if layer.name != AUGMENTATION_LAYER:
-            x = layer(x)
+    """`x` through the classifier's layers below its base (in inference): the cast to float and
+    the backbone's scaling."""
+    layers = _inference_layers(model)
+    for layer in layers[: [layer.name for layer in layers].index(BASE_LAYER)]:
+        x = layer(x)
     return x
+
+
+def above_base(model: keras.Model, x):
+    """The base's output `x` through the classifier's layers above it: pooling, dropout, logits."""
+    layers = _inference_layers(model)
+    for layer in layers[[layer.name for layer in layers].index(BASE_LAYER) + 1 :]:
+        x = layer(x)
+    return x
+
+
+def _inference_layers(model: keras.Model) -> list:
+    """The classifier's layers after its input, in order, as inference runs them: without the
+    augmentation layer (see inference_graph)."""
+    return [layer for layer in model.layers[1:] if layer.name != AUGMENTATION_LAYER]
 
 
 @keras.saving.register_keras_serializable(package="tfpipe")
@@ -277,9 +290,8 @@ def inference_graph(model: keras.Model, probabilities: bool = False) -> keras.Mo
     """
     inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name="image")
     x = inputs
-    for layer in model.layers[1:]:
-        if layer.name != AUGMENTATION_LAYER:
-            x = layer(x)
+    for layer in _inference_layers(model):
+        x = layer(x)
     if probabilities:
         x = Probabilities(name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, x, name=f"{model.name}_inference")

@@ -5,8 +5,8 @@ which the convolution's kernel and bias can carry: w' = w * s, b' = (b - mean) *
 with s = gamma / sqrt(variance + epsilon). Keras runs it as two elementwise passes over the
 activations (tf.nn.batch_normalization), and TensorFlow's CPU graph fuses a convolution with
 its bias and activation only when nothing stands between them: folded, EfficientNet-Lite0's
-frozen pass at 160 px ran 1.8x as many images a second on two cores (BUILD_NOTES.md, "Folded
-batch norm"). tfpipe's single passes over a frozen base (fast feature extraction, the
+frozen pass at 160 px ran about 300 images a second on two cores against 176-211 (BUILD_NOTES.md,
+"Folded batch norm"). tfpipe's single passes over a frozen base (fast feature extraction, the
 activations for cached fine-tuning) run this way; training, evaluation and every saved or
 exported model keep the original layers.
 
@@ -22,7 +22,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+# Exact types: a subclass may compute its output another way (a standardized kernel, say).
 _CONVOLUTIONS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+# The Keras internals the walk uses; a Keras without them runs the model as it is.
+_WALKED = ("_run_through_graph", "_nodes_by_depth", "_call_context_args")
 
 
 class FoldedInference:
@@ -36,6 +39,9 @@ class FoldedInference:
         self._convolutions: dict[int, _FoldedConvolution] = {}
         self._skipped: set[int] = set()
         self._nested: dict[int, FoldedInference] = {}
+        self._walk = _is_functional(model)
+        if not self._walk:
+            return
         for conv, norm in _foldable_pairs(model):
             self._convolutions[id(conv)] = _FoldedConvolution(conv, norm)
             self._skipped.add(id(norm))
@@ -50,6 +56,8 @@ class FoldedInference:
         return names + [name for nested in self._nested.values() for name in nested.folded]
 
     def __call__(self, inputs):
+        if not self._walk:
+            return self.model(inputs, training=False)
         return _single(self.model._run_through_graph(inputs, operation_fn=self._operation))
 
     def _operation(self, operation):
@@ -57,8 +65,8 @@ class FoldedInference:
             return self._convolutions[id(operation)]
         if id(operation) in self._skipped:
             return lambda inputs, **kwargs: inputs
-        if id(operation) in self._nested:
-            return lambda *args, **kwargs: self._nested[id(operation)](*args)
+        if id(operation) in self._nested:  # a Functional model takes its inputs first (masks are not used)
+            return lambda *args, **kwargs: self._nested[id(operation)](args[0] if args else kwargs["inputs"])
 
         def inference(*args, **kwargs):
             if "training" in getattr(operation, "_call_context_args", ()):  # Keras' own test
@@ -73,14 +81,17 @@ class _FoldedConvolution:
 
     def __init__(self, conv, norm):
         self.conv, self.norm_name = conv, norm.name
-        self.depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
-        kernel, bias = _folded_weights(conv, norm)
-        self.kernel, self.bias = tf.constant(kernel), tf.constant(bias)
+        self.depthwise = type(conv) is keras.layers.DepthwiseConv2D
+        # As the two layers would: computed in the convolution's dtype, given out in the norm's
+        # (mixed precision: float16 or bfloat16 inside, the norm's output dtype after).
+        self.output_dtype = norm.compute_dtype
+        kernel, bias = _folded_weights(conv, norm, self.depthwise)
+        self.kernel = tf.constant(kernel, dtype=conv.compute_dtype)
+        self.bias = tf.constant(bias, dtype=conv.compute_dtype)
 
     def __call__(self, inputs, **kwargs):
         kernel, bias = self.kernel, self.bias
-        if inputs.dtype != kernel.dtype:  # mixed precision computes in float16 or bfloat16
-            kernel, bias = tf.cast(kernel, inputs.dtype), tf.cast(bias, inputs.dtype)
+        inputs = tf.cast(inputs, kernel.dtype)  # no op when they agree
         conv = self.conv
         if self.depthwise:
             outputs = ops.depthwise_conv(
@@ -94,7 +105,7 @@ class _FoldedConvolution:
         else:
             outputs = conv.convolution_op(inputs, kernel)
         # BiasAdd, which TensorFlow fuses into the convolution (with an Add: 251 against 317 images/s).
-        return tf.nn.bias_add(outputs, bias)
+        return tf.cast(tf.nn.bias_add(outputs, bias), self.output_dtype)
 
 
 def _single(outputs):
@@ -102,7 +113,11 @@ def _single(outputs):
 
 
 def _is_functional(layer) -> bool:
-    return isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth")
+    """A Functional model whose call is Functional's own: what walking its graph computes."""
+    if not isinstance(layer, keras.Model) or not all(hasattr(layer, name) for name in _WALKED):
+        return False
+    functional = next((cls for cls in type(layer).__mro__ if cls.__name__ == "Functional"), None)
+    return functional is not None and type(layer).call is functional.call
 
 
 def _foldable_pairs(model: keras.Model) -> list[tuple]:
@@ -122,13 +137,13 @@ def _foldable_pairs(model: keras.Model) -> list[tuple]:
     pairs = []
     for node in nodes:
         conv = node.operation
-        if not isinstance(conv, _CONVOLUTIONS) or calls[id(conv)] != 1 or len(node.outputs) != 1:
+        if type(conv) not in _CONVOLUTIONS or calls[id(conv)] != 1 or len(node.outputs) != 1:
             continue
         config = conv.get_config()
         if config.get("activation") != "linear" or config.get("data_format") != "channels_last":
             continue
         consumers = readers.get(id(node.outputs[0]), [])
-        if len(consumers) != 1 or not isinstance(consumers[0], keras.layers.BatchNormalization):
+        if len(consumers) != 1 or type(consumers[0]) is not keras.layers.BatchNormalization:
             continue
         norm = consumers[0]
         if calls[id(norm)] == 1 and norm.axis in (-1, len(node.outputs[0].shape) - 1):
@@ -136,12 +151,11 @@ def _foldable_pairs(model: keras.Model) -> list[tuple]:
     return pairs
 
 
-def _folded_weights(conv, norm) -> tuple[np.ndarray, np.ndarray]:
+def _folded_weights(conv, norm, depthwise: bool) -> tuple[np.ndarray, np.ndarray]:
     def value(variable):
         return ops.convert_to_numpy(variable).astype(np.float64)
 
     kernel = value(conv.kernel)
-    depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
     channels = kernel.shape[-2] * kernel.shape[-1] if depthwise else kernel.shape[-1]
     gamma = value(norm.gamma) if norm.scale else np.ones(channels)
     beta = value(norm.beta) if norm.center else np.zeros(channels)

@@ -72,16 +72,13 @@ def boundary(base: keras.Model, fine_tune_index: int) -> Boundary | None:
 def split_classifier(classifier: keras.Model, base: keras.Model, at: Boundary):
     """(bottom, top): uint8 images -> the boundary's activations, and those activations -> logits,
     both sharing the classifier's layers."""
-    layers = classifier.layers
-    base_position = [layer.name for layer in layers].index(model_lib.BASE_LAYER)
     x = model_lib.below_base(classifier, classifier.input)
     bottom_of_base = keras.Model(base.input, list(at.tensors), name="base_bottom")
     bottom = keras.Model(classifier.input, bottom_of_base(x), name="bottom")
     top_of_base = keras.Model(list(at.tensors), base.output, name="base_top")
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"activations_{i}") for i, t in enumerate(at.tensors)]
     x = model_lib.InferenceModeBase(top_of_base, name="base_top_inference")(inputs if len(inputs) > 1 else inputs[0])
-    for layer in layers[base_position + 1 :]:  # pooling, dropout, logits
-        x = layer(x)
+    x = model_lib.above_base(classifier, x)
     top = model_lib.TransferClassifier(inputs, x, name="top")
     return bottom, top
 

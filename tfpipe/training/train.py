@@ -329,15 +329,11 @@ class _RunData:
         return dataclasses.replace(self, config=dataclasses.replace(self.config, pipeline=pipeline_config), pipelines={})
 
     def local(self, split: str) -> tf.data.Dataset:
-        """`split` in order, on this process alone: no strategy, no service, no shuffle. Read once,
-        so never cached: its decoded images would only add to the run's peak memory."""
+        """`split` in order, on this process alone: no strategy, no service, no shuffle. Read once
+        (the frozen passes, BatchNorm calibration, the test evaluation), so never cached, its decoded
+        images would only add to the run's peak memory, and untuned (pipeline.pipeline_options)."""
         once = dataclasses.replace(self.config.pipeline, cache=pipeline.CACHE_NONE)
-        # Untuned: deleting an autotuned iterator after its pass held the main thread about 1 s in
-        # 3 of 8 runs (2-4 ms untuned; BUILD_NOTES.md, "Where a run's first seconds go"), and one
-        # pass in order gains nothing from tuning.
-        untuned = tf.data.Options()
-        untuned.autotune.enabled = False
-        return pipeline.build(self.source, split, once, training=False).with_options(untuned)
+        return pipeline.build(self.source, split, once, training=False, tuned=False)
 
     def local_train_and_validation(self) -> tuple[list[tf.data.Dataset], list[int]]:
         """The training and validation splits, each `local`, and their example counts: what a single
