@@ -244,18 +244,23 @@ def folded_feature_extractor(model: keras.Model):
 def below_base(model: keras.Model, x):
     """`x` through the classifier's layers below its base (in inference): the cast to float and
     the backbone's scaling."""
-    layers = _inference_layers(model)
-    for layer in layers[: [layer.name for layer in layers].index(BASE_LAYER)]:
+    for layer in _around_base(model)[0]:
         x = layer(x)
     return x
 
 
 def above_base(model: keras.Model, x):
     """The base's output `x` through the classifier's layers above it: pooling, dropout, logits."""
-    layers = _inference_layers(model)
-    for layer in layers[[layer.name for layer in layers].index(BASE_LAYER) + 1 :]:
+    for layer in _around_base(model)[1]:
         x = layer(x)
     return x
+
+
+def _around_base(model: keras.Model) -> tuple[list, list]:
+    """The classifier's inference layers (_inference_layers) below its base, and above it."""
+    layers = _inference_layers(model)
+    at = [layer.name for layer in layers].index(BASE_LAYER)
+    return layers[:at], layers[at + 1 :]
 
 
 def _inference_layers(model: keras.Model) -> list:
