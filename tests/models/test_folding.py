@@ -61,7 +61,15 @@ def test_a_folded_graph_gives_the_same_outputs_with_only_the_foldable_norms_gone
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2"])
-def test_a_backbones_features_inside_a_classifier_match_with_its_norms_folded(name):
+def test_a_backbones_features_inside_a_classifier_match_with_its_norms_folded(name, monkeypatch):
+    made = []
+
+    class Recorded(FoldedInference):
+        def __init__(self, model):
+            super().__init__(model)
+            made.append(self)
+
+    monkeypatch.setattr(model_lib.folding, "FoldedInference", Recorded)
     keras.utils.set_random_seed(0)
     spec = backbones.get(name)
     classifier = model_lib.build_classifier(spec, spec.build_base(32, None), 32, 3)
@@ -72,7 +80,7 @@ def test_a_backbones_features_inside_a_classifier_match_with_its_norms_folded(na
     np.testing.assert_allclose(folded(images), want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
     base = model_lib.base_of(classifier)
     norms = [layer.name for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    assert len(norms) > 30 and sorted(FoldedInference(base).folded) == sorted(norms)
+    assert len(norms) > 30 and [sorted(folded.folded) for folded in made] == [sorted(norms)]  # the extractor's own
 
 
 def test_a_nested_model_is_folded_and_layers_that_train_differently_run_in_inference():
@@ -104,15 +112,19 @@ def test_under_mixed_precision_a_folded_pair_computes_and_gives_out_the_layers_d
     try:
         keras.utils.set_random_seed(0)
         model = _small_graph()
+        inputs = keras.Input((8, 8, 3))  # a folded pair's output is the model's: nothing after it recasts
+        ends_folded = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 3)(inputs)))
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-    _randomize_statistics(model)
     images = np.random.default_rng(5).normal(size=(2, 8, 8, 3)).astype(np.float32)
-    expected = model(images, training=False)
-    got = FoldedInference(model)(images)
-    for folded, plain in zip(got, expected):
-        assert folded.dtype == plain.dtype == "float16"
-        np.testing.assert_allclose(np.float32(folded), np.float32(plain), rtol=0.05, atol=0.05)
+    for graph, folds in ((model, ["bn_a", "bn_b", "bn_c"]), (ends_folded, ["bn"])):
+        _randomize_statistics(graph)
+        expected = keras.tree.flatten(graph(images, training=False))
+        folded = FoldedInference(graph)
+        assert sorted(folded.folded) == folds
+        for got, plain in zip(keras.tree.flatten(folded(images)), expected):
+            assert got.dtype == plain.dtype == "float16"
+            np.testing.assert_allclose(np.float32(got), np.float32(plain), rtol=0.05, atol=0.05)
 
 
 def test_a_subclassed_convolution_is_left_as_it_is():
@@ -123,6 +135,20 @@ def test_a_subclassed_convolution_is_left_as_it_is():
     inputs = keras.Input((6, 6, 3))
     convolved = DoubledConv(4, 3, use_bias=False)(inputs)
     model = keras.Model(inputs, keras.layers.BatchNormalization()(convolved))
+    _randomize_statistics(model)
+    images = np.ones((1, 6, 6, 3), np.float32)
+    folded = FoldedInference(model)
+    assert folded.folded == []
+    np.testing.assert_allclose(folded(images), model(images, training=False), rtol=1e-5)
+
+
+def test_a_model_with_its_own_call_runs_as_it_is():
+    class Doubled(keras.Model):  # Functional, but its call is not what its graph computes
+        def call(self, inputs, training=None):
+            return super().call(inputs, training=training) * 2.0
+
+    inputs = keras.Input((6, 6, 3))
+    model = Doubled(inputs, keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, use_bias=False)(inputs)))
     _randomize_statistics(model)
     images = np.ones((1, 6, 6, 3), np.float32)
     folded = FoldedInference(model)

@@ -104,7 +104,7 @@ class _FoldedConvolution:
             )
         else:
             outputs = conv.convolution_op(inputs, kernel)
-        # BiasAdd, which TensorFlow fuses into the convolution (with an Add: 251 against 317 images/s).
+        # BiasAdd, which TensorFlow fuses into the convolution (one process, an Add: 251 images/s, this: 317).
         return tf.cast(tf.nn.bias_add(outputs, bias), self.output_dtype)
 
 
