@@ -1,5 +1,6 @@
-"""How the bin/ tools start: the garbage collector off through the imports, then the imported
-objects frozen out of its sight and the collector back on."""
+"""How the bin/ tools start: the garbage collector off and matplotlib.pyplot kept from Keras through
+the imports, then the imported objects frozen out of the collector's sight, the collector back on
+and pyplot importable again."""
 
 import json
 import os
@@ -10,44 +11,60 @@ from helpers.tools import REPO
 
 TOOLS = sorted(os.listdir(os.path.join(REPO, "bin")))
 
-# Runs each bin/ script with launch() replaced by a probe: what the script did before handing over.
+# Runs each bin/ script with tfpipe.cli.launch replaced by a probe (so nothing else is imported):
+# what the script has done when it hands over.
 _SCRIPT_PROBE = """
-import gc, json, runpy, sys
-import tfpipe.cli.launch
+import gc, json, runpy, sys, types
 
 seen = {}
-tfpipe.cli.launch.launch = lambda module_name, started=None: seen.update({module_name: gc.isenabled()})
+probe = types.ModuleType("tfpipe.cli.launch")
+probe.launch = lambda module_name, started=None: seen.update(
+    {module_name: [gc.isenabled(), "matplotlib.pyplot" in sys.modules and sys.modules["matplotlib.pyplot"] is None]}
+)
+sys.modules["tfpipe.cli.launch"] = probe
 for path in sys.argv[1:]:
     gc.enable()
+    sys.modules.pop("matplotlib.pyplot", None)
     runpy.run_path(path, run_name="__main__")
 print(json.dumps(seen))
 """
 
 _TOOL_MODULE = """
-import gc
+import gc, sys
+
+import tfpipe.cli.train  # train's own imports
 
 def main(argv):
-    print(gc.isenabled(), gc.get_freeze_count(), flush=True)
+    imported = "matplotlib.pyplot" in sys.modules
+    import matplotlib.pyplot
+    print(gc.isenabled(), gc.get_freeze_count(), imported, matplotlib.pyplot.__name__, flush=True)
 """
 
 
-def test_every_tool_turns_the_collector_off_before_its_imports():
+def test_every_tool_turns_the_collector_off_and_keeps_pyplot_from_keras_before_its_imports():
     paths = [os.path.join(REPO, "bin", tool) for tool in TOOLS]
-    process = subprocess.run([sys.executable, "-c", _SCRIPT_PROBE, *paths], capture_output=True, text=True, timeout=300)
+    process = subprocess.run([sys.executable, "-c", _SCRIPT_PROBE, *paths], capture_output=True, text=True, timeout=60)
     assert process.returncode == 0, process.stderr[-3000:]
     seen = json.loads(process.stdout.splitlines()[-1])
-    assert seen == {f"tfpipe.cli.{tool}": False for tool in TOOLS}
+    assert seen == {f"tfpipe.cli.{tool}": [False, True] for tool in TOOLS}
 
 
-def test_launch_freezes_the_imported_objects_and_turns_the_collector_back_on(tmp_path):
+def test_a_tool_starts_with_the_collector_on_its_imports_frozen_and_pyplot_importable(tmp_path):
+    """bin/train's own start, handing over to a probe tool instead of tfpipe.cli.train."""
     (tmp_path / "probe_tool.py").write_text(_TOOL_MODULE)
-    launch_it = (
-        "import gc, sys; gc.disable(); sys.argv = ['probe_tool']; "
-        "from tfpipe.cli.launch import launch; launch('probe_tool')"
+    with open(os.path.join(REPO, "bin", "train")) as f:
+        script = f.read()
+    assert 'launch("tfpipe.cli.train", started)' in script
+    (tmp_path / "train").write_text(
+        script.replace('launch("tfpipe.cli.train", started)', 'launch("probe_tool", started)')
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
-    process = subprocess.run([sys.executable, "-c", launch_it], capture_output=True, text=True, timeout=300, env=env)
+    process = subprocess.run(
+        [sys.executable, str(tmp_path / "train")], capture_output=True, text=True, timeout=300, env=env
+    )
     assert process.returncode == 0, process.stderr[-3000:]
-    enabled, frozen = process.stdout.split()
+    enabled, frozen, imported, pyplot = process.stdout.split()
     # TensorFlow and Keras alone make hundreds of thousands of tracked objects.
     assert enabled == "True" and int(frozen) > 100_000
+    # Keras and train's modules were imported without pyplot, which imports when a picture needs it.
+    assert imported == "False" and pyplot == "matplotlib.pyplot"

@@ -29,6 +29,20 @@ def limit_malloc_arenas() -> None:
         pass  # not glibc: nothing to tune
 
 
+# What the bin/ tools keep from Keras' import (a None in sys.modules fails an import): Keras
+# imports pyplot at its own import, for plotting helpers the tools never call (in a tool's
+# process they say that matplotlib is missing), and it took 0.35-0.45 s of a tool's start
+# (BUILD_NOTES.md, "Where a run's first seconds go"). tfpipe's own pictures import matplotlib
+# when they draw (inference.report).
+KEPT_FROM_KERAS = "matplotlib.pyplot"
+
+
+def give_back_kept_module() -> None:
+    """Lets the module the bin/ tools kept from Keras' import be imported again, once Keras is in."""
+    if KEPT_FROM_KERAS in sys.modules and sys.modules[KEPT_FROM_KERAS] is None:
+        del sys.modules[KEPT_FROM_KERAS]
+
+
 def freeze_imported_objects() -> None:
     """Moves every object the imports made out of the garbage collector's sight, then turns the
     collector on (the bin/ tools turn it off before their imports).
@@ -51,6 +65,7 @@ def launch(module_name: str, started: float | None = None) -> None:
         from tfpipe.training import timeline
 
         timeline.set_launch_time(started)
+    give_back_kept_module()
     module = importlib.import_module(module_name)
     freeze_imported_objects()
     limit_malloc_arenas()
