@@ -44,12 +44,12 @@ def give_back_kept_module() -> None:
 
 
 def freeze_imported_objects() -> None:
-    """Moves every object the imports made out of the garbage collector's sight, then turns the
-    collector on (the bin/ tools turn it off before their imports).
+    """Moves every object the collector tracks now, the imports' above all, out of its sight, then
+    turns it on (the bin/ tools turn it off before their imports).
 
     Importing TensorFlow, Keras and tensorflow-datasets makes about 570,000 tracked objects, nearly
     all of them alive until the process ends. With the collector on, its full passes over them
-    took 0.6-1.0 s of a tool's 3 s of imports, and each later full pass 0.2-0.3 s (one
+    took 0.5-1.2 s of a tool's 3 s of imports, and each later full pass about 0.2 s (one
     gc.collect() over them: 0.27-0.33 s); frozen, they are never scanned again (BUILD_NOTES.md,
     "Where a run's first seconds go"). What the imports left as garbage, about 4,000 objects,
     stays: far less than a collection would cost.
@@ -65,9 +65,11 @@ def launch(module_name: str, started: float | None = None) -> None:
         from tfpipe.training import timeline
 
         timeline.set_launch_time(started)
-    give_back_kept_module()
-    module = importlib.import_module(module_name)
-    freeze_imported_objects()
+    try:
+        give_back_kept_module()
+        module = importlib.import_module(module_name)
+    finally:  # the collector back on even where an import failed (a caller may go on)
+        freeze_imported_objects()
     limit_malloc_arenas()
     from absl import app, flags
 

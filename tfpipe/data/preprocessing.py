@@ -83,8 +83,9 @@ class Preprocessing:
         return preprocessing
 
 
-# Plain TensorFlow ops (tf.cond, not `if`): AutoGraph's conversion of it, in every pipeline that
-# decodes, cost 0.07-0.2 s of a run's start and changed nothing.
+# Branches on tensors with tf.cond and tf.switch_case, and on Python values alone with `if`, so
+# AutoGraph has nothing to convert: converting it anyway made building a run's first pipeline
+# take 0.43 s against 0.17 s (BUILD_NOTES.md, "Where a run's first seconds go").
 @tf.autograph.experimental.do_not_convert
 def decode_and_resize(encoded: tf.Tensor, image_size: int, jpeg_dct_scaling: bool = True) -> tf.Tensor:
     """One encoded image -> (image_size, image_size, 3) uint8, stretched like the tutorial's resize.

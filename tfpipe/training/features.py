@@ -43,8 +43,8 @@ def run_once(model, datasets: list[tf.data.Dataset], counts: list[int]) -> list[
 
     # Traced once for every batch size of every dataset (a split's last batch is smaller): tracing
     # a base costs a second or more, which a second trace for that last batch paid again. Without
-    # AutoGraph: a model's layers are TensorFlow ops already, and converting the walk of the base
-    # (models.folding) added 0.07-0.1 s to the trace.
+    # AutoGraph, as Keras traces its own steps: layers branch on tensors with ops, not Python
+    # (`model` must too), and converting the walk of the base (models.folding) added 0.07-0.1 s.
     image_spec = datasets[0].element_spec[0]
     forward = tf.function(
         outputs_of,
