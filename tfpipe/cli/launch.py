@@ -31,9 +31,9 @@ def limit_malloc_arenas() -> None:
 
 # What the bin/ tools keep from Keras' import (a None in sys.modules fails an import): Keras
 # imports pyplot at its own import, for plotting helpers the tools never call (in a tool's
-# process they say that matplotlib is missing), and it took 0.35-0.45 s of a tool's start
-# (BUILD_NOTES.md, "Where a run's first seconds go"). tfpipe's own pictures import matplotlib
-# when they draw (inference.report).
+# process its image galleries say that matplotlib is missing): 0.35-0.45 s alone, about 0.3 s
+# of a tool's start (BUILD_NOTES.md, "Where a run's first seconds go"). tfpipe's own pictures
+# import matplotlib when they draw (inference.report).
 KEPT_FROM_KERAS = "matplotlib.pyplot"
 
 
@@ -49,7 +49,7 @@ def freeze_imported_objects() -> None:
 
     Importing TensorFlow, Keras and tensorflow-datasets makes about 570,000 tracked objects, nearly
     all of them alive until the process ends. With the collector on, its full passes over them
-    took 0.5-1.2 s of a tool's 3 s of imports, and each later full pass about 0.2 s (one
+    took 0.4-1.2 s of a tool's 3 s of imports, and each later full pass about 0.2 s (one
     gc.collect() over them: 0.27-0.33 s); frozen, they are never scanned again (BUILD_NOTES.md,
     "Where a run's first seconds go"). What the imports left as garbage, about 4,000 objects,
     stays: far less than a collection would cost.

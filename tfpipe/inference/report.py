@@ -10,8 +10,8 @@ import numpy as np
 def _figure(**kwargs):
     """A matplotlib Figure of its own, outside pyplot: no backend to choose (files only, servers have
     no display), no global state to change in the caller's process, nothing to close. matplotlib
-    is imported here, at the first picture, not with the module: pyplot took 0.35-0.45 s of a
-    tool's start (BUILD_NOTES.md, "Where a run's first seconds go")."""
+    is imported here, at the first picture, not with the module: pyplot took 0.35-0.45 s alone,
+    about 0.3 s of a tool's start (BUILD_NOTES.md, "Where a run's first seconds go")."""
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)

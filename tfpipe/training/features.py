@@ -41,10 +41,11 @@ def run_once(model, datasets: list[tf.data.Dataset], counts: list[int]) -> list[
         outputs = model(images)
         return tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,)
 
-    # Traced once for every batch size of every dataset (a split's last batch is smaller): tracing
-    # a base costs a second or more, which a second trace for that last batch paid again. Without
-    # AutoGraph, as Keras traces its own steps: layers branch on tensors with ops, not Python
-    # (`model` must too), and converting the walk of the base (models.folding) added 0.07-0.1 s.
+    # Traced once for every batch size of every dataset (a split's last batch is smaller): a base's
+    # trace and first call cost 0.3-0.4 s folded (more unfolded), which a second trace for that last
+    # batch paid again. Without AutoGraph, as Keras traces its own steps: layers branch on tensors
+    # with ops, not Python (`model` must too), and converting the walk of the base (models.folding)
+    # added 0.06-0.12 s.
     image_spec = datasets[0].element_spec[0]
     forward = tf.function(
         outputs_of,
