@@ -29,6 +29,7 @@ from helpers.images import coloured_square, write_image  # noqa: E402
 from helpers.runs import TINY, TINY_MULTICLASS, tiny_train_config  # noqa: E402
 
 from tfpipe.data import sources  # noqa: E402
+from tfpipe.models import folding  # noqa: E402
 from tfpipe.models.augment import DEFAULT_AUGMENT  # noqa: E402
 
 tiny_backbone.register()  # every test process can build the tiny test base (tiny_train_config's default)
@@ -65,6 +66,21 @@ def finished_run(tmp_path_factory, data_dir):
     logged = []
     results = train(config, log=logged.append)
     return config, results, logged
+
+
+@pytest.fixture
+def folded_inferences(monkeypatch):
+    """Every FoldedInference made during the test, in the order their construction ends (a nested
+    model's before the model around it): which passes ran folded, and what each folded."""
+    made = []
+
+    class Recorded(folding.FoldedInference):
+        def __init__(self, model):
+            super().__init__(model)
+            made.append(self)
+
+    monkeypatch.setattr(folding, "FoldedInference", Recorded)
+    return made
 
 
 @pytest.fixture

@@ -61,15 +61,8 @@ def test_a_folded_graph_gives_the_same_outputs_with_only_the_foldable_norms_gone
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2"])
-def test_a_backbones_features_inside_a_classifier_match_with_its_norms_folded(name, monkeypatch):
-    made = []
-
-    class Recorded(FoldedInference):
-        def __init__(self, model):
-            super().__init__(model)
-            made.append(self)
-
-    monkeypatch.setattr(model_lib.folding, "FoldedInference", Recorded)
+def test_a_backbones_features_inside_a_classifier_match_with_its_norms_folded(name, folded_inferences):
+    made = folded_inferences
     keras.utils.set_random_seed(0)
     spec = backbones.get(name)
     classifier = model_lib.build_classifier(spec, spec.build_base(32, None), 32, 3)

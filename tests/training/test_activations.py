@@ -9,7 +9,6 @@ from helpers.runs import tiny_train_config
 
 from tfpipe.models import backbones, trainable
 from tfpipe.models import classifier as model_lib
-from tfpipe.models.folding import FoldedInference
 from tfpipe.training import activations
 
 
@@ -38,20 +37,12 @@ def test_the_boundary_is_every_tensor_that_crosses_it():
     assert at.bytes_per_example == 2 * 16 * 16 * 4 * 4
 
 
-def test_extracted_activations_are_the_bottoms_outputs_with_its_batch_norms_folded(monkeypatch):
+def test_extracted_activations_are_the_bottoms_outputs_with_its_batch_norms_folded(folded_inferences):
     """At `add` the boundary is bn_a's output (conv_a and bn_a fold into one) and conv_b's raw
     output; bn_a's statistics far from a fresh layer's."""
     import tensorflow as tf
 
-    made = []
-
-    class Recorded(FoldedInference):
-        def __init__(self, model):
-            super().__init__(model)
-            made.append(self)
-
-    monkeypatch.setattr(activations.folding, "FoldedInference", Recorded)
-
+    made = folded_inferences
     keras.utils.set_random_seed(2)
     base = _base_with_a_skip_connection()
     rng = np.random.default_rng(4)
